@@ -230,9 +230,9 @@ export const kvm_msr_entry = koffi.struct('kvm_msr_entry', {
   data: 'uint64_t',
 });
 
-/** Header only: `struct kvm_msr_entry entries[nmsrs]` follows it. */
+/** Header only: `struct kvm_msr_entry entries[nmsrs]` follows it (hence 8-byte alignment). */
 export const kvm_msrs = koffi.struct('kvm_msrs', {
-  nmsrs: 'uint32_t',
+  nmsrs: [8, 'uint32_t'],
   pad: 'uint32_t',
 });
 

@@ -89,6 +89,19 @@ export function runProbe(source: string): ProbeResult {
   }
 }
 
+/** The preprocessed text of `includes` (for parsing system headers with all macros expanded). */
+export function preprocess(includes: string[]): { text: string } | { skip: string } {
+  const source = includes.map((h) => `#include ${h}\n`).join('');
+  const cpp = spawnSync(CC, ['-E', '-P', '-x', 'c', '-'], { input: source, encoding: 'utf8' });
+  if (cpp.error) return { skip: `no C compiler: ${CC} ${(cpp.error as NodeJS.ErrnoException).code ?? cpp.error.message}` };
+  if (cpp.status !== 0) {
+    const missing = /fatal error: ([^:\n]+\.h): No such file/.exec(cpp.stderr);
+    if (missing) return { skip: `header ${missing[1]} not installed` };
+    throw new Error(`c-probe: ${CC} -E failed:\n${cpp.stderr}`);
+  }
+  return { text: cpp.stdout };
+}
+
 /** The same table built from a TypeScript module's exports; `missing` lists items it lacks. */
 export function tsTable(mod: Record<string, unknown>, items: AbiItems): { table: AbiTable; missing: string[] } {
   const table: AbiTable = new Map();
