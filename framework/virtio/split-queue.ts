@@ -100,7 +100,7 @@ export class SplitQueue {
     this.used32 = new Uint32Array(u.buffer, u.byteOffset, 1 + 2 * size);
     this.usedEventAt = 2 + size;
     this.availEventAt = 2 + 4 * size;
-    this.usedFlags = this.used16[0]!;
+    this.usedFlags = this.used16[0]! & VIRTQ_USED_F_NO_NOTIFY; // a previous session may have left it set
   }
 
   /** Free-running u16 index of the next available entry to consume (vhost-user VRING_BASE). */
