@@ -122,6 +122,12 @@ export class SplitQueue {
     this.signalledValid = false; // unknown history: the next check notifies (as vhost does)
   }
 
+  /** used.idx as it stands in guest memory (vhost-user resumes a ring from it: nextUsed = usedIdxInRing()). */
+  usedIdxInRing(): number {
+    this.checkMemory();
+    return Atomics.load(this.used16, 1);
+  }
+
   /** Entries the driver made available and this queue has not popped yet. */
   availableCount(): number {
     this.checkMemory();
