@@ -207,7 +207,7 @@ export const kvm_sregs = koffi.struct('kvm_sregs', {
   cr0: 'uint64_t', cr2: 'uint64_t', cr3: 'uint64_t', cr4: 'uint64_t', cr8: 'uint64_t',
   efer: 'uint64_t',
   apic_base: 'uint64_t',
-  interrupt_bitmap: koffi.array('uint64_t', (KVM_NR_INTERRUPTS + 63) / 64),
+  interrupt_bitmap: koffi.array('uint64_t', Math.floor((KVM_NR_INTERRUPTS + 63) / 64)),
 });
 
 export const kvm_fpu = koffi.struct('kvm_fpu', {
@@ -694,7 +694,7 @@ function getSegment(view: DataView, base: number): KvmSegment {
   return seg;
 }
 
-const BITMAP_WORDS = (KVM_NR_INTERRUPTS + 63) / 64;
+const BITMAP_WORDS = memberLayout(kvm_sregs, 'interrupt_bitmap').size / 8;
 
 export function encodeKvmSregs(sregs: KvmSregs): Uint8Array {
   const { bytes, view } = structBuffer(koffi.sizeof(kvm_sregs));
