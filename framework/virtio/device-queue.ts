@@ -1,0 +1,182 @@
+// A running virtqueue as its device handler sees it: driver kicks and available
+// descriptor chains as observables, `complete()` to hand a chain back. The queue
+// batches used-ring publication (one used.idx store and at most one interrupt
+// per drain or per microtask of async completions), honours notification
+// suppression, and turns a malformed ring into DEVICE_NEEDS_RESET instead of an
+// exception in the event loop.
+
+import { Observable, Subject, Subscription } from 'rxjs';
+import { DescriptorChain, VirtqueueError } from './descriptor-chain.ts';
+import type { SplitQueue } from './split-queue.ts';
+import { GuestMemoryError } from '../guest-memory.ts';
+
+export interface DeviceQueueHost {
+  /** Used buffers were published and the driver wants an interrupt. */
+  signalUsed(queueIndex: number): void;
+  /** The guest broke the rules (bad chain, bad address): DEVICE_NEEDS_RESET. */
+  needsReset(reason: string): void;
+}
+
+export type ChainHandler = (chain: DescriptorChain) => number | Promise<number>;
+
+export class DeviceQueue {
+  /** Notifications from the driver (ioeventfd kick, QueueNotify, vhost-user kick). */
+  readonly kicks$: Observable<void>;
+  /** Every available chain, drained on each kick (and once when the queue starts). */
+  readonly chains$: Observable<DescriptorChain>;
+
+  private readonly kickSubject = new Subject<void>();
+  private active = true;
+  private draining = false;
+  private flushScheduled = false;
+  private unpublished = 0;
+  private readonly inFlight = new Set<Promise<unknown>>();
+
+  constructor(
+    readonly index: number,
+    readonly name: string,
+    /** Features the driver accepted. */
+    readonly features: bigint,
+    private readonly ring: SplitQueue,
+    private readonly host: DeviceQueueHost,
+  ) {
+    this.kicks$ = this.kickSubject.asObservable();
+    this.chains$ = new Observable<DescriptorChain>((subscriber) => {
+      const emit = (chain: DescriptorChain) => subscriber.next(chain);
+      const sub = this.kickSubject.subscribe(() => this.drain(emit));
+      this.drain(emit);
+      return sub;
+    });
+  }
+
+  get isActive(): boolean {
+    return this.active;
+  }
+
+  /** Driver notification. */
+  kick(): void {
+    if (this.active) this.kickSubject.next();
+  }
+
+  /** Pull one available chain (for devices that wait for host data, e.g. console receive). */
+  pop(): DescriptorChain | null {
+    if (!this.active) return null;
+    try {
+      return this.ring.pop();
+    } catch (err) {
+      this.guestFault(err);
+      return null;
+    }
+  }
+
+  /** Return `chain` to the driver with `len` bytes written into its writable buffers. */
+  complete(chain: DescriptorChain, len: number): void {
+    if (!this.active) return; // reset happened meanwhile: the ring belongs to the next driver
+    try {
+      this.ring.pushUsed(chain.head, len, false);
+    } catch (err) {
+      this.guestFault(err); // ring memory lent away or gone
+      return;
+    }
+    this.unpublished++;
+    if (!this.draining && !this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.flushTask);
+    }
+  }
+
+  /**
+   * Serve every chain with `handler`, which returns the number of bytes it wrote (or a promise of it).
+   * Async handlers run concurrently and may complete out of order.
+   */
+  serve(handler: ChainHandler): Subscription {
+    return this.chains$.subscribe((chain) => {
+      let result: number | Promise<number>;
+      try {
+        result = handler(chain);
+      } catch (err) {
+        this.guestFault(err);
+        return;
+      }
+      if (typeof result === 'number') {
+        this.complete(chain, result);
+        return;
+      }
+      this.track(result.then(
+        (len) => this.complete(chain, len),
+        (err) => this.guestFault(err),
+      ));
+    });
+  }
+
+  /** Keep the queue's reset waiting until `work` settles (I/O that still targets guest memory). */
+  track<T>(work: Promise<T>): Promise<T> {
+    const settled = work.finally(() => this.inFlight.delete(settled));
+    settled.catch(() => {});
+    this.inFlight.add(settled);
+    return work;
+  }
+
+  /** Stop serving: later completions are discarded. Resolves when tracked I/O has settled. */
+  async stop(): Promise<void> {
+    this.flush();
+    this.active = false;
+    this.kickSubject.complete();
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  /** Requests whose I/O still targets guest memory. */
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  /** Ring state for vhost-user GET_VRING_BASE. */
+  get nextAvail(): number {
+    return this.ring.nextAvail;
+  }
+
+  private drain(emit: (chain: DescriptorChain) => void): void {
+    if (!this.active || this.draining) return;
+    this.draining = true;
+    try {
+      for (;;) {
+        this.ring.disableNotifications();
+        let chain: DescriptorChain | null;
+        while (this.active && (chain = this.ring.pop()) !== null) emit(chain);
+        if (!this.active || !this.ring.enableNotifications()) break;
+      }
+    } catch (err) {
+      this.guestFault(err);
+    } finally {
+      this.draining = false;
+    }
+    this.flush();
+  }
+
+  private readonly flushTask = () => {
+    this.flushScheduled = false;
+    this.flush();
+  };
+
+  private flush(): void {
+    if (this.unpublished === 0 || !this.active) return;
+    this.unpublished = 0;
+    try {
+      this.ring.publishUsed();
+      if (!this.ring.needsNotification()) return;
+    } catch (err) {
+      this.guestFault(err);
+      return;
+    }
+    this.host.signalUsed(this.index);
+  }
+
+  private guestFault(err: unknown): void {
+    if (!this.active) return;
+    const reason = err instanceof VirtqueueError || err instanceof GuestMemoryError
+      ? `${this.name}: ${err.message}`
+      : `${this.name}: device handler failed: ${err instanceof Error ? err.message : String(err)}`;
+    this.active = false;
+    this.host.needsReset(reason);
+  }
+}
