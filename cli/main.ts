@@ -1,0 +1,76 @@
+// rxvirt command line: dispatches subcommands. Bad input gets one line naming
+// the input and what was expected, and exit code 2.
+
+import { existsSync } from 'node:fs';
+import { guestBuild } from './guest-image/command.ts';
+import { UsageError } from './args.ts';
+
+const USAGE = `usage: rxvirt <command> [options]
+
+commands:
+  info        show what this host offers (hypervisors, tools) and what rxvirt can run here
+  start       the main job: boot the example VM with console and block devices
+  guest build [--force] [--print]
+              build (or find cached) the guest Linux image: kernel + busybox initramfs
+  help        this text
+`;
+
+function info(): void {
+  const kvm = existsSync('/dev/kvm');
+  const pvm = existsSync('/sys/module/kvm_pvm');
+  const gunyah = existsSync('/dev/gunyah');
+  console.log(`rxvirt ${process.env.npm_package_version ?? ''}`.trim());
+  console.log(`  /dev/kvm:    ${kvm ? `present${pvm ? ' (kvm_pvm: guest kernel code is emulated)' : ''}` : 'absent'}`);
+  console.log(`  /dev/gunyah: ${gunyah ? 'present' : 'absent (Gunyah is verified against its ABI and a model of the driver)'}`);
+  console.log('  devices:     virtio-console, virtio-blk, virtio-rng over virtio-mmio');
+}
+
+function start(): void {
+  info();
+  console.log('\nThe VM runtime is not built yet: `rxvirt start` will boot the example VM once it lands.');
+  console.log('What runs today: the device kit, virtio-mmio transport and devices, exercised by `npm test`.');
+}
+
+function guest(args: string[]): Promise<number> {
+  const [sub, ...flags] = args;
+  if (sub !== 'build') throw new UsageError(`guest: unknown subcommand '${sub ?? ''}' (expected: guest build [--force] [--print])`);
+  for (const flag of flags) {
+    if (flag !== '--force' && flag !== '--print') throw new UsageError(`guest build: unknown option '${flag}' (expected --force, --print)`);
+  }
+  return guestBuild({ force: flags.includes('--force'), print: flags.includes('--print') });
+}
+
+function main(argv: string[]): number | Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return 0;
+    case 'info':
+      if (rest.length) throw new UsageError(`info: unexpected argument '${rest[0]}' (info takes no arguments)`);
+      info();
+      return 0;
+    case 'start':
+      if (rest.length) throw new UsageError(`start: unexpected argument '${rest[0]}' (start takes no arguments)`);
+      start();
+      return 0;
+    case 'guest':
+      return guest(rest);
+    default:
+      throw new UsageError(`unknown command '${command}' (expected one of: info, start, guest, help)`);
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (err) {
+  if (err instanceof UsageError) {
+    console.error(`rxvirt: ${err.message}`);
+    process.exitCode = 2;
+  } else {
+    throw err;
+  }
+}
