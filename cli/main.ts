@@ -3,7 +3,7 @@
 
 import { existsSync } from 'node:fs';
 import { guestBuild } from './guest-image/command.ts';
-import { UsageError } from './args.ts';
+import { parseFlags, UsageError } from './args.ts';
 
 const USAGE = `usage: rxvirt <command> [options]
 
@@ -32,12 +32,10 @@ function start(): void {
 }
 
 function guest(args: string[]): Promise<number> {
-  const [sub, ...flags] = args;
+  const [sub, ...rest] = args;
   if (sub !== 'build') throw new UsageError(`guest: unknown subcommand '${sub ?? ''}' (expected: guest build [--force] [--print])`);
-  for (const flag of flags) {
-    if (flag !== '--force' && flag !== '--print') throw new UsageError(`guest build: unknown option '${flag}' (expected --force, --print)`);
-  }
-  return guestBuild({ force: flags.includes('--force'), print: flags.includes('--print') });
+  const { flags } = parseFlags('guest build', rest, { force: 'boolean', print: 'boolean' });
+  return guestBuild({ force: flags.force ?? false, print: flags.print ?? false });
 }
 
 function main(argv: string[]): number | Promise<number> {
