@@ -30,7 +30,7 @@ export interface ByteStream {
   close(): void;
 }
 
-/** Chunks of a Node readable stream; unsubscribing pauses it. */
+/** Chunks of a Node readable stream; subscribing starts the flow, unsubscribing pauses it. */
 export function readableInput(stream: Readable): Observable<Uint8Array> {
   return new Observable<Uint8Array>((subscriber) => {
     const onData = (chunk: Buffer | string) => subscriber.next(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
@@ -38,6 +38,7 @@ export function readableInput(stream: Readable): Observable<Uint8Array> {
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('close', onEnd);
+    stream.resume(); // a 'data' listener alone does not restart a stream an earlier subscriber paused
     return () => {
       stream.off('data', onData);
       stream.off('end', onEnd);

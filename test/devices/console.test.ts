@@ -127,6 +127,22 @@ test('a flood of host input pauses the host and resumes it once the guest draine
   assert.equal(host.pauses, [true, false]);
 });
 
+test('host bytes waiting across a device reset are delivered to the next driver, in order', async () => {
+  const host = memoryHost();
+  const h = new DeviceHarness(new ConsoleDevice(host.stream));
+  host.input.next(enc('before reset, '));
+  h.submit(RX, [{ writableLen: 7 }]);
+  assert.is(dec((await h.waitUsed(RX, 1))[0]!.written), 'before ');
+  await h.restart();
+  host.input.next(enc('after'));
+  h.submit(RX, [{ writableLen: 64 }]);
+  const [used] = await h.waitUsed(RX, 1);
+  assert.is(dec(used!.written), 'reset, after');
+  h.submit(TX, [{ data: enc('still talking') }]);
+  await h.waitUsed(TX, 1);
+  assert.is(host.text(), 'still talking');
+});
+
 test('resize updates cols/rows, bumps the generation and raises a config interrupt', async () => {
   const host = memoryHost();
   const device = new ConsoleDevice(host.stream, { cols: 100, rows: 30 });

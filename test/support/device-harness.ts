@@ -33,6 +33,7 @@ export class DeviceHarness<D extends VirtioDevice = VirtioDevice> {
   readonly usedInterrupts: number[];
   configInterrupts = 0;
   private readonly consumed: number[];
+  private readonly features: bigint;
 
   constructor(readonly device: D, options: HarnessOptions = {}) {
     const memorySize = options.memorySize ?? 16 << 20;
@@ -54,7 +55,8 @@ export class DeviceHarness<D extends VirtioDevice = VirtioDevice> {
       },
       name: `test-${device.type}`,
     });
-    this.negotiate(options.features ?? this.state.offeredFeatures);
+    this.features = options.features ?? this.state.offeredFeatures;
+    this.negotiate(this.features);
   }
 
   /** Driver side of §3.1.1; throws if the device refuses FEATURES_OK or a queue does not start. */
@@ -139,8 +141,18 @@ export class DeviceHarness<D extends VirtioDevice = VirtioDevice> {
     for (let k = 0; k < rounds; k++) await new Promise((r) => setImmediate(r));
   }
 
-  /** Device reset; resolves once status reads 0. */
+  /** Device reset; resolves once status reads 0 (in-flight I/O settled). */
   reset(): Promise<void> {
     return this.state.reset();
+  }
+
+  /** Reset, then bring the device up again with fresh rings, as a driver reloading would. */
+  async restart(): Promise<void> {
+    await this.state.reset();
+    this.queues.forEach((dq, i) => {
+      dq.reset();
+      this.consumed[i] = 0;
+    });
+    this.negotiate(this.features);
   }
 }
