@@ -148,19 +148,19 @@ export class BlockDevice extends VirtioDevice {
     const bytes = req.dataInLength;
     if (!this.inRange(req.sector, bytes)) return req.finish(VIRTIO_BLK_S_IOERR);
     if (bytes === 0) return req.finish(VIRTIO_BLK_S_OK);
-    return this.complete(req, this.file.read(req.dataIn(bytes), req.sector * SECTOR_SIZE), bytes, 'read');
+    return this.statusAfter(req, this.file.read(req.dataIn(bytes), req.sector * SECTOR_SIZE), bytes, 'read');
   }
 
   private write(req: BlockRequest): number | Promise<number> {
     const bytes = req.dataOutLength;
     if (this.readOnly || !this.inRange(req.sector, bytes)) return req.finish(VIRTIO_BLK_S_IOERR);
     if (bytes === 0) return req.finish(VIRTIO_BLK_S_OK);
-    return this.complete(req, this.file.write(req.dataOut(), req.sector * SECTOR_SIZE), 0, 'write');
+    return this.statusAfter(req, this.file.write(req.dataOut(), req.sector * SECTOR_SIZE), 0, 'write');
   }
 
   private flush(req: BlockRequest): number | Promise<number> {
     if (this.readOnly) return req.finish(VIRTIO_BLK_S_OK);
-    return this.complete(req, this.file.sync(), 0, 'flush');
+    return this.statusAfter(req, this.file.sync(), 0, 'flush');
   }
 
   private getId(req: BlockRequest): number {
@@ -189,7 +189,7 @@ export class BlockDevice extends VirtioDevice {
         else await this.file.discard(position, length);
       }
     })();
-    return this.complete(req, work, 0, zeroes ? 'write-zeroes' : 'discard');
+    return this.statusAfter(req, work, 0, zeroes ? 'write-zeroes' : 'discard');
   }
 
   /** Whole sectors inside the disk: `bytes` a multiple of 512 and [sector, sector + bytes/512) within capacity. */
@@ -198,7 +198,7 @@ export class BlockDevice extends VirtioDevice {
   }
 
   /** Status once `work` settles: OK with `dataBytes` reported, or IOERR (counted) when the host failed. */
-  private async complete(req: BlockRequest, work: Promise<void>, dataBytes: number, what: string): Promise<number> {
+  private async statusAfter(req: BlockRequest, work: Promise<void>, dataBytes: number, what: string): Promise<number> {
     try {
       await work;
       return req.finish(VIRTIO_BLK_S_OK, dataBytes);
