@@ -63,7 +63,7 @@ export class BlockDevice extends VirtioDevice {
   readonly type = VIRTIO_ID_BLOCK;
   override readonly features: bigint;
   // <ConfigLayout>: ConfigSpace<L> is invariant in L (options.onDriverWrite), so a narrower L cannot override.
-  override readonly config = new ConfigSpace<ConfigLayout>(BLOCK_CONFIG);
+  override readonly config = new ConfigSpace(BLOCK_CONFIG);
   readonly queues = [queue('requestq', QUEUE_SIZE, (requests) => requests.serve(this.handle))];
   readonly stats: BlockStats = { ioErrors: 0 };
   /** Disk size in 512-byte sectors. */

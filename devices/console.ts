@@ -42,7 +42,7 @@ export class ConsoleDevice extends VirtioDevice {
   readonly type = VIRTIO_ID_CONSOLE;
   override readonly features = featureBits(VIRTIO_CONSOLE_F_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE);
   // <ConfigLayout>: ConfigSpace<L> is invariant in L (options.onDriverWrite), so a narrower L cannot override.
-  override readonly config = new ConfigSpace<ConfigLayout>(CONSOLE_CONFIG, {
+  override readonly config = new ConfigSpace(CONSOLE_CONFIG, {
     writable: ['emerg_wr'],
     onDriverWrite: (_field, value) => void this.host.output(Uint8Array.of(Number(value & 0xffn))),
   });

@@ -13,10 +13,19 @@ export interface ConfigSpaceOptions<K extends string> {
   /** Fields the driver may write (e.g. block `writeback`, console `emerg_wr`). */
   writable?: readonly K[];
   /** Called after the driver wrote (part of) a writable field. */
-  onDriverWrite?: (field: K, value: bigint) => void;
+  onDriverWrite?(field: K, value: bigint): void;
 }
 
-export class ConfigSpace<L extends ConfigLayout = ConfigLayout> {
+/** What transports need from a device's configuration space. */
+export interface DeviceConfig {
+  readonly size: number;
+  readonly generation: number;
+  onChange: (() => void) | null;
+  read(offset: number, dst: Uint8Array): void;
+  write(offset: number, src: Uint8Array): void;
+}
+
+export class ConfigSpace<L extends ConfigLayout = ConfigLayout> implements DeviceConfig {
   readonly bytes: Uint8Array;
   readonly size: number;
   /** Config generation counter (virtio 1.2 §2.5.1); bumped on every device-side change. */

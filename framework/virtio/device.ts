@@ -4,7 +4,7 @@
 // interrupts, reset) belongs to the device kit and the transports.
 
 import type { TeardownLogic } from 'rxjs';
-import { ConfigSpace, type ConfigLayout } from './config-space.ts';
+import { ConfigSpace, type DeviceConfig } from './config-space.ts';
 import type { DeviceQueue } from './device-queue.ts';
 
 /** Called when the driver activates a queue; returns what to tear down on reset. */
@@ -27,7 +27,7 @@ export abstract class VirtioDevice {
   /** Device-specific feature bits offered to the driver (bigint mask); the kit adds VERSION_1, INDIRECT_DESC, EVENT_IDX. */
   readonly features: bigint = 0n;
   abstract readonly queues: readonly QueueDefinition[];
-  readonly config: ConfigSpace<ConfigLayout> = ConfigSpace.empty();
+  readonly config: DeviceConfig = ConfigSpace.empty();
   /** Virtio vendor id reported by transports. */
   readonly vendor: number = 0x554d4551; // "QEMU" little-endian: what Linux tools expect from generic devices
 
