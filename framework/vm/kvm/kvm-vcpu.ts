@@ -1,0 +1,310 @@
+// One KVM vCPU seen from the main thread: its fd and run page, register access while it is not
+// running, its thread (vcpu-thread.ts) and the serving of the exits that thread hands over.
+// MMIO exits go to the MmioBus and claimed port I/O to the PortBus, answered in place in the
+// run page (the thread sleeps meanwhile); every other exit ends the run and becomes the VM's
+// outcome through the host. Serving allocates nothing for 1/2/4/8-byte accesses.
+
+import { Worker } from 'node:worker_threads';
+import * as libc from '../../../native/libc.ts';
+import * as kvm from '../../../native/kvm.ts';
+import { NativeError } from '../../../native/errors.ts';
+import koffi from 'koffi';
+import type { GuestMemory } from '../../guest-memory.ts';
+import type { MmioBus } from '../../mmio-bus.ts';
+import type { Vcpu, VcpuStats, VmOutcome } from '../hypervisor.ts';
+import { VmError } from '../vm-error.ts';
+import type { PortBus } from '../x86/port-bus.ts';
+import { kvmExitOutcome } from './kvm-exit-outcome.ts';
+import { CONTROL, VCPU_STATE, vcpuThreadSource, type VcpuThreadData, type VcpuThreadMessage } from './vcpu-thread.ts';
+
+/** What a vCPU needs from its VM. */
+export interface KvmVcpuHost {
+  readonly memory: GuestMemory;
+  readonly mmio: MmioBus;
+  readonly ports: PortBus;
+  /** The run ended by itself (outcome), or because it was asked to stop (null). */
+  vcpuEnded(vcpu: KvmVcpu, outcome: VmOutcome | null): void;
+}
+
+/** The signal that kicks a vCPU thread out of KVM_RUN; a handler must be installed (see KICK). */
+const KICK_SIGNAL = 'SIGUSR2';
+let kickHandlerInstalled = false;
+
+/**
+ * KVM_RUN returns EINTR only for a signal that has a handler: SIG_DFL would kill the process
+ * and SIG_IGN never interrupts. A listener on the main thread installs libuv's process-wide
+ * handler (it runs on whichever thread the signal hits and only wakes the main loop). It stays
+ * installed: removing it while a kick is in flight would let SIGUSR2 kill the process.
+ */
+function installKickHandler(): void {
+  if (kickHandlerInstalled) return;
+  process.on(KICK_SIGNAL, () => {});
+  kickHandlerInstalled = true;
+}
+
+const RUN_L = kvm.kvmRunLayout;
+
+/** Atomics.waitAsync (ES2024, in Node since 16), typed here because the project's lib is ES2022. */
+const waitAsync = (Atomics as unknown as {
+  waitAsync(array: Int32Array, index: number, value: number): { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+}).waitAsync;
+const TWO_32 = 2 ** 32;
+
+export class KvmVcpu implements Vcpu {
+  state: 'created' | 'running' | 'ended' = 'created';
+  private readonly run: DataView;
+  private readonly runBytes: Uint8Array;
+  private readonly mmioData: Uint8Array[] = [];
+  private readonly control = new SharedArrayBuffer(CONTROL.BYTES);
+  private readonly ctl = new Int32Array(this.control, 0, CONTROL.INT32_SLOTS);
+  private readonly counters = new Float64Array(this.control, CONTROL.STATS_BYTE_OFFSET, CONTROL.STATS_SLOTS);
+  private worker: Worker | null = null;
+  private exited: Promise<void> = Promise.resolve();
+  private finalMessage: VcpuThreadMessage | null = null;
+  private closed = false;
+  private readonly regsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_regs));
+  private readonly sregsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_sregs));
+
+  private constructor(
+    readonly id: number,
+    readonly fd: number,
+    private readonly runAddress: bigint,
+    private readonly runSize: number,
+    private readonly host: KvmVcpuHost,
+  ) {
+    this.run = new DataView(libc.view(runAddress, runSize));
+    this.runBytes = new Uint8Array(this.run.buffer);
+    for (const len of [1, 2, 4, 8]) this.mmioData[len] = this.runBytes.subarray(RUN_L.mmioData, RUN_L.mmioData + len);
+  }
+
+  /** KVM_CREATE_VCPU, the run page mapping and the CPUID table. */
+  static create(vmFd: number, id: number, runSize: number, cpuid: readonly kvm.KvmCpuidEntry2[], host: KvmVcpuHost): KvmVcpu {
+    const fd = libc.ioctl(vmFd, kvm.KVM_CREATE_VCPU, id, `KVM_CREATE_VCPU ${id}`);
+    let runAddress: bigint;
+    try {
+      runAddress = libc.mmap(runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0, `mmap kvm_run of vCPU ${id}`);
+    } catch (e) {
+      libc.close(fd);
+      throw e;
+    }
+    const vcpu = new KvmVcpu(id, fd, runAddress, runSize, host);
+    try {
+      libc.ioctlPtr(fd, kvm.KVM_SET_CPUID2, kvm.encodeKvmCpuid2(cpuid), `KVM_SET_CPUID2 vCPU ${id}`);
+    } catch (e) {
+      vcpu.close();
+      throw e;
+    }
+    return vcpu;
+  }
+
+  // ---- registers (only while the vCPU thread is not running) ----------------------------------
+
+  getRegs(): kvm.KvmRegs {
+    this.checkIdle('KVM_GET_REGS');
+    libc.ioctlPtr(this.fd, kvm.KVM_GET_REGS, this.regsBuf, `KVM_GET_REGS vCPU ${this.id}`);
+    return kvm.decodeKvmRegs(this.regsBuf);
+  }
+
+  setRegs(regs: kvm.KvmRegs): void {
+    this.checkIdle('KVM_SET_REGS');
+    libc.ioctlPtr(this.fd, kvm.KVM_SET_REGS, kvm.encodeKvmRegs(regs), `KVM_SET_REGS vCPU ${this.id}`);
+  }
+
+  getSregs(): kvm.KvmSregs {
+    this.checkIdle('KVM_GET_SREGS');
+    libc.ioctlPtr(this.fd, kvm.KVM_GET_SREGS, this.sregsBuf, `KVM_GET_SREGS vCPU ${this.id}`);
+    return kvm.decodeKvmSregs(this.sregsBuf);
+  }
+
+  setSregs(sregs: kvm.KvmSregs): void {
+    this.checkIdle('KVM_SET_SREGS');
+    libc.ioctlPtr(this.fd, kvm.KVM_SET_SREGS, kvm.encodeKvmSregs(sregs), `KVM_SET_SREGS vCPU ${this.id}`);
+  }
+
+  setMsrs(entries: readonly kvm.KvmMsrEntry[]): void {
+    this.checkIdle('KVM_SET_MSRS');
+    const done = libc.ioctlPtr(this.fd, kvm.KVM_SET_MSRS, kvm.encodeKvmMsrs(entries), `KVM_SET_MSRS vCPU ${this.id}`);
+    if (done !== entries.length) {
+      throw new VmError('EINVAL', `KVM_SET_MSRS vCPU ${this.id}: MSR 0x${entries[done]!.index.toString(16)} refused`);
+    }
+  }
+
+  /** Guest-physical address for a linear address in the vCPU's current mode, or null if unmapped. */
+  translate(linear: bigint): number | null {
+    this.checkIdle('KVM_TRANSLATE');
+    const buf = kvm.encodeKvmTranslation(linear & 0xffff_ffff_ffff_ffffn);
+    libc.ioctlPtr(this.fd, kvm.KVM_TRANSLATE, buf, `KVM_TRANSLATE vCPU ${this.id}`);
+    const t = kvm.decodeKvmTranslation(buf);
+    return t.valid && t.physicalAddress < BigInt(Number.MAX_SAFE_INTEGER) ? Number(t.physicalAddress) : null;
+  }
+
+  stats(): VcpuStats {
+    const c = this.counters;
+    return {
+      runs: c[CONTROL.RUNS]!,
+      mmio: c[CONTROL.MMIO]!,
+      io: c[CONTROL.IO]!,
+      ioIgnored: c[CONTROL.IO_IGNORED]!,
+      interrupted: c[CONTROL.INTERRUPTED]!,
+      firstEntryAt: c[CONTROL.FIRST_ENTRY_AT]!,
+    };
+  }
+
+  // ---- the thread ------------------------------------------------------------------------------
+
+  /** Starts the vCPU thread; resolves when it is about to enter the guest for the first time. */
+  start(): Promise<void> {
+    if (this.state !== 'created' || this.closed) throw new VmError('EBUSY', `vCPU ${this.id}: already started`);
+    installKickHandler();
+    this.state = 'running';
+    const data: VcpuThreadData = {
+      vcpuId: this.id,
+      vcpuFd: this.fd,
+      runAddress: this.runAddress,
+      runSize: this.runSize,
+      control: this.control,
+      portMap: this.host.ports.claimed.buffer as SharedArrayBuffer,
+      kvmRun: kvm.KVM_RUN,
+      offsets: {
+        exitReason: RUN_L.exitReason, ioDirection: RUN_L.ioDirection, ioSize: RUN_L.ioSize,
+        ioPort: RUN_L.ioPort, ioCount: RUN_L.ioCount, ioDataOffset: RUN_L.ioDataOffset,
+      },
+      exits: { io: kvm.KVM_EXIT_IO, mmio: kvm.KVM_EXIT_MMIO, intr: kvm.KVM_EXIT_INTR, irqWindowOpen: kvm.KVM_EXIT_IRQ_WINDOW_OPEN },
+      ioIn: kvm.KVM_EXIT_IO_IN,
+      errno: { EINTR: koffi.os.errno.EINTR, EAGAIN: koffi.os.errno.EAGAIN },
+      state: VCPU_STATE,
+      layout: CONTROL,
+    };
+    const worker = new Worker(vcpuThreadSource(), { eval: true, execArgv: [], workerData: data, name: `vcpu${this.id}` });
+    this.worker = worker;
+    let started!: () => void;
+    let failed!: (e: Error) => void;
+    const ready = new Promise<void>((resolve, reject) => { started = resolve; failed = reject; });
+    let threadError: Error | null = null;
+    worker.on('message', (m: VcpuThreadMessage) => {
+      if (m.type === 'started') {
+        this.pump();
+        started();
+      } else {
+        this.finalMessage = m;
+      }
+    });
+    worker.on('error', (e) => { threadError = e; });
+    this.exited = new Promise<void>((resolve) => {
+      worker.once('exit', () => {
+        this.worker = null;
+        // A thread that died without its last word: wake our own waiter so it stops re-arming.
+        Atomics.store(this.ctl, CONTROL.STATE, VCPU_STATE.DONE);
+        Atomics.notify(this.ctl, CONTROL.STATE);
+        const outcome = this.endOfRun(threadError);
+        this.state = 'ended';
+        failed(threadError ?? new VmError('ECHILD', `vCPU ${this.id}: thread ended before it started`));
+        this.host.vcpuEnded(this, outcome);
+        resolve();
+      });
+    });
+    return ready;
+  }
+
+  /** Asks the thread to leave KVM_RUN and end (safe in any state, any number of times). */
+  kick(): void {
+    if (this.closed || this.state !== 'running') return;
+    // Order: immediate_exit before STOP before reading TID; see vcpu-thread.ts.
+    this.run.setUint8(RUN_L.immediateExit, 1);
+    Atomics.store(this.ctl, CONTROL.STOP, 1);
+    const tid = Atomics.load(this.ctl, CONTROL.TID);
+    if (tid !== 0) {
+      try {
+        libc.tgkill(process.pid, tid, libc.SIGUSR2, `kick vCPU ${this.id}`);
+      } catch (e) {
+        if (!(e instanceof NativeError && e.code === 'ESRCH')) throw e; // ESRCH: it just ended
+      }
+    }
+    // A thread waiting for us to serve an exit: release it unserved, it will see STOP.
+    if (Atomics.compareExchange(this.ctl, CONTROL.STATE, VCPU_STATE.EXIT, VCPU_STATE.RUNNING) === VCPU_STATE.EXIT) {
+      Atomics.notify(this.ctl, CONTROL.STATE);
+    }
+  }
+
+  /** Resolves when the thread has exited (at once if it never ran). */
+  join(): Promise<void> {
+    return this.exited;
+  }
+
+  /** Unmaps the run page and closes the fd. The thread must have ended. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    if (this.worker) throw new VmError('EBUSY', `vCPU ${this.id}: close while its thread runs`);
+    this.closed = true;
+    libc.munmap(this.runAddress, this.runSize, `munmap kvm_run of vCPU ${this.id}`);
+    libc.close(this.fd, `close vCPU ${this.id}`);
+  }
+
+  private checkIdle(what: string): void {
+    if (this.closed) throw new VmError('EBADF', `${what} vCPU ${this.id}: closed`);
+    if (this.worker) throw new VmError('EBUSY', `${what} vCPU ${this.id}: its thread is running`);
+  }
+
+  /** The outcome of a thread that has exited, from its last message. */
+  private endOfRun(threadError: Error | null): VmOutcome | null {
+    const m = this.finalMessage;
+    if (threadError) return { kind: 'error', error: threadError };
+    if (m === null) return { kind: 'error', error: new VmError('ECHILD', `vCPU ${this.id}: thread ended without a report`) };
+    switch (m.type) {
+      case 'stopped': return null;
+      case 'error': return { kind: 'error', error: new NativeError(m.errno, 'ioctl', `KVM_RUN vCPU ${this.id}`) };
+      case 'exit': return kvmExitOutcome(kvm.readKvmExit(this.run), this, this.host.memory);
+      default: return { kind: 'error', error: new VmError('EPROTO', `vCPU ${this.id}: unexpected message ${m.type}`) };
+    }
+  }
+
+  // ---- serving exits on the main thread -------------------------------------------------------
+
+  /** Serves every exit the thread hands over until it is done; re-arms with Atomics.waitAsync. */
+  private readonly pump = (): void => {
+    const ctl = this.ctl;
+    for (;;) {
+      const state = Atomics.load(ctl, CONTROL.STATE);
+      if (state === VCPU_STATE.DONE) return;
+      if (state === VCPU_STATE.EXIT) {
+        if (Atomics.load(ctl, CONTROL.STOP) === 0) this.serve();
+        Atomics.store(ctl, CONTROL.STATE, VCPU_STATE.RUNNING);
+        Atomics.notify(ctl, CONTROL.STATE);
+      }
+      const wait = waitAsync(ctl, CONTROL.STATE, VCPU_STATE.RUNNING);
+      if (wait.async) {
+        void wait.value.then(this.pump);
+        return;
+      }
+    }
+  };
+
+  private serve(): void {
+    try {
+      const run = this.run;
+      const reason = run.getUint32(RUN_L.exitReason, true);
+      if (reason === kvm.KVM_EXIT_MMIO) {
+        const addr = run.getUint32(RUN_L.mmioPhysAddr + 4, true) * TWO_32 + run.getUint32(RUN_L.mmioPhysAddr, true);
+        const len = run.getUint32(RUN_L.mmioLen, true);
+        const data = this.mmioData[len] ?? this.runBytes.subarray(RUN_L.mmioData, RUN_L.mmioData + Math.min(len, RUN_L.mmioDataSize));
+        this.host.mmio.dispatch(addr, run.getUint8(RUN_L.mmioIsWrite) !== 0, data);
+      } else if (reason === kvm.KVM_EXIT_IO) {
+        const port = run.getUint16(RUN_L.ioPort, true);
+        const size = run.getUint8(RUN_L.ioSize);
+        const count = run.getUint32(RUN_L.ioCount, true);
+        const offset = run.getUint32(RUN_L.ioDataOffset + 4, true) * TWO_32 + run.getUint32(RUN_L.ioDataOffset, true);
+        if (offset + size * count > this.runSize) {
+          throw new VmError('EFAULT', `vCPU ${this.id}: port I/O data at ${offset}+${size * count} outside the run mapping`);
+        }
+        const isWrite = run.getUint8(RUN_L.ioDirection) === kvm.KVM_EXIT_IO_OUT;
+        for (let i = 0; i < count; i++) {
+          const at = offset + i * size;
+          this.host.ports.dispatch(port, isWrite, this.runBytes.subarray(at, at + size));
+        }
+      }
+    } catch (e) {
+      // A device that throws is a host bug: end the VM rather than resume a guest in an unknown state.
+      this.host.vcpuEnded(this, { kind: 'error', error: e instanceof Error ? e : new Error(String(e)) });
+    }
+  }
+}
