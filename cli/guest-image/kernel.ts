@@ -94,7 +94,7 @@ export async function buildKernel(work: string, fragmentPath: string, ctx: Kerne
     cwd: tree,
     onLine: (line) => {
       const text = kbuildStep(line);
-      if (text) ctx.progress.step(text);
+      if (text) ctx.progress.step(text.replace(`${tree}/`, '')); // objtool's steps name absolute paths
     },
   });
 
