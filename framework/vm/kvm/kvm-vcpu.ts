@@ -1,10 +1,10 @@
 // One KVM vCPU seen from the main thread: its fd and run page, register access while it is not
-// running, its thread (vcpu-thread.ts) and the serving of the exits that thread hands over.
+// running, its run on a pooled thread (vcpu-thread.ts) and the serving of the exits that thread
+// hands over.
 // MMIO exits go to the MmioBus and claimed port I/O to the PortBus, answered in place in the
 // run page (the thread sleeps meanwhile); every other exit ends the run and becomes the VM's
 // outcome through the host. Serving allocates nothing for 1/2/4/8-byte accesses.
 
-import { Worker } from 'node:worker_threads';
 import * as libc from '../../../native/libc.ts';
 import * as kvm from '../../../native/kvm.ts';
 import { NativeError } from '../../../native/errors.ts';
@@ -15,7 +15,8 @@ import type { Vcpu, VcpuStats, VmOutcome } from '../hypervisor.ts';
 import { VmError } from '../vm-error.ts';
 import type { PortBus } from '../x86/port-bus.ts';
 import { kvmExitOutcome } from './kvm-exit-outcome.ts';
-import { CONTROL, VCPU_STATE, vcpuThreadSource, type VcpuThreadData, type VcpuThreadMessage } from './vcpu-thread.ts';
+import { CONTROL, VCPU_STATE, type VcpuThreadData, type VcpuThreadMessage } from './vcpu-thread.ts';
+import { acquireVcpuThread, releaseVcpuThread, type VcpuThread } from './vcpu-thread-pool.ts';
 
 /** What a vCPU needs from its VM. */
 export interface KvmVcpuHost {
@@ -58,9 +59,8 @@ export class KvmVcpu implements Vcpu {
   private readonly control = new SharedArrayBuffer(CONTROL.BYTES);
   private readonly ctl = new Int32Array(this.control, 0, CONTROL.INT32_SLOTS);
   private readonly counters = new Float64Array(this.control, CONTROL.STATS_BYTE_OFFSET, CONTROL.STATS_SLOTS);
-  private worker: Worker | null = null;
+  private thread: VcpuThread | null = null;
   private exited: Promise<void> = Promise.resolve();
-  private finalMessage: VcpuThreadMessage | null = null;
   private closed = false;
   private readonly regsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_regs));
   private readonly sregsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_sregs));
@@ -152,7 +152,7 @@ export class KvmVcpu implements Vcpu {
 
   // ---- the thread ------------------------------------------------------------------------------
 
-  /** Starts the vCPU thread; resolves when it is about to enter the guest for the first time. */
+  /** Starts the vCPU on a thread; resolves when it is about to enter the guest for the first time. */
   start(): Promise<void> {
     if (this.state !== 'created' || this.closed) throw new VmError('EBUSY', `vCPU ${this.id}: already started`);
     installKickHandler();
@@ -175,32 +175,34 @@ export class KvmVcpu implements Vcpu {
       state: VCPU_STATE,
       layout: CONTROL,
     };
-    const worker = new Worker(vcpuThreadSource(), { eval: true, execArgv: [], workerData: data, name: `vcpu${this.id}` });
-    this.worker = worker;
+    const thread = acquireVcpuThread();
+    this.thread = thread;
     let started!: () => void;
     let failed!: (e: Error) => void;
     const ready = new Promise<void>((resolve, reject) => { started = resolve; failed = reject; });
-    let threadError: Error | null = null;
-    worker.on('message', (m: VcpuThreadMessage) => {
-      if (m.type === 'started') {
-        this.pump();
-        started();
-      } else {
-        this.finalMessage = m;
-      }
-    });
-    worker.on('error', (e) => { threadError = e; });
     this.exited = new Promise<void>((resolve) => {
-      worker.once('exit', () => {
-        this.worker = null;
-        // A thread that died without its last word: wake our own waiter so it stops re-arming.
+      const end = (outcome: VmOutcome | null) => {
+        this.thread = null;
+        // Whatever ended the run, our waiter must see DONE so it stops re-arming.
         Atomics.store(this.ctl, CONTROL.STATE, VCPU_STATE.DONE);
         Atomics.notify(this.ctl, CONTROL.STATE);
-        const outcome = this.endOfRun(threadError);
         this.state = 'ended';
-        failed(threadError ?? new VmError('ECHILD', `vCPU ${this.id}: thread ended before it started`));
+        failed(new VmError('ECHILD', `vCPU ${this.id}: run ended before it started`));
         this.host.vcpuEnded(this, outcome);
         resolve();
+      };
+      thread.run(data, (m) => {
+        if (m.type === 'started') {
+          this.pump();
+          started();
+          return;
+        }
+        releaseVcpuThread(thread);
+        this.thread = null; // registers are readable again: the fault report needs them
+        end(this.endOfRun(m));
+      }, (error) => {
+        failed(error);
+        end({ kind: 'error', error });
       });
     });
     return ready;
@@ -234,7 +236,7 @@ export class KvmVcpu implements Vcpu {
   /** Unmaps the run page and closes the fd. The thread must have ended. Idempotent. */
   close(): void {
     if (this.closed) return;
-    if (this.worker) throw new VmError('EBUSY', `vCPU ${this.id}: close while its thread runs`);
+    if (this.thread) throw new VmError('EBUSY', `vCPU ${this.id}: close while its thread runs`);
     this.closed = true;
     libc.munmap(this.runAddress, this.runSize, `munmap kvm_run of vCPU ${this.id}`);
     libc.close(this.fd, `close vCPU ${this.id}`);
@@ -242,14 +244,11 @@ export class KvmVcpu implements Vcpu {
 
   private checkIdle(what: string): void {
     if (this.closed) throw new VmError('EBADF', `${what} vCPU ${this.id}: closed`);
-    if (this.worker) throw new VmError('EBUSY', `${what} vCPU ${this.id}: its thread is running`);
+    if (this.thread) throw new VmError('EBUSY', `${what} vCPU ${this.id}: its thread is running`);
   }
 
-  /** The outcome of a thread that has exited, from its last message. */
-  private endOfRun(threadError: Error | null): VmOutcome | null {
-    const m = this.finalMessage;
-    if (threadError) return { kind: 'error', error: threadError };
-    if (m === null) return { kind: 'error', error: new VmError('ECHILD', `vCPU ${this.id}: thread ended without a report`) };
+  /** The outcome of a run from its last word: null when it stopped because we asked. */
+  private endOfRun(m: VcpuThreadMessage): VmOutcome | null {
     switch (m.type) {
       case 'stopped': return null;
       case 'error': return { kind: 'error', error: new NativeError(m.errno, 'ioctl', `KVM_RUN vCPU ${this.id}`) };

@@ -1,8 +1,9 @@
-// The body of a vCPU thread: one worker_threads worker per vCPU calling KVM_RUN synchronously
-// (KVM binds a vCPU to the thread that runs it, so never the libuv pool). The worker starts
-// from source text (`vcpuThreadSource`) as an eval worker without a TypeScript loader: it boots
-// in ~30 ms instead of ~300 ms. So `vcpuThreadMain` must stay self-contained: it may use only
-// its two arguments, `workerData` and globals; every constant arrives in `VcpuThreadData`.
+// The body of a vCPU thread: a worker_threads worker that runs one vCPU at a time, calling
+// KVM_RUN synchronously (KVM binds a vCPU to the thread that runs it, so never the libuv pool).
+// Between runs it waits for the next `run` command (see vcpu-thread-pool.ts for why threads are
+// reused). It starts from source text (`vcpuThreadSource`) as an eval worker without a
+// TypeScript loader: ~30 ms instead of ~300 ms. So `vcpuThreadMain` must stay self-contained:
+// it may use only its two arguments and globals; every constant arrives in `VcpuThreadData`.
 //
 // Protocol with the main thread, over one SharedArrayBuffer (the control block, CONTROL):
 // - MMIO exits and port I/O on claimed ports: the worker sets STATE = EXIT and sleeps in
@@ -11,7 +12,7 @@
 // - Port I/O on unclaimed ports: answered here (reads see all ones), no round trip.
 // - KVM_EXIT_INTR / EINTR: resumed unless STOP is set.
 // - Anything else: the loop ends and the worker posts { type: 'exit' }; the main thread reads
-//   the exit from the run page. STATE = DONE is always the worker's last word.
+//   the exit from the run page. STATE = DONE, then that message, end every run.
 // Stop: the main thread sets STOP and immediate_exit, then tgkill()s TID with a handled signal.
 
 import type koffiModule from 'koffi';
@@ -57,7 +58,7 @@ export interface VcpuThreadData {
   layout: typeof CONTROL;
 }
 
-/** Messages the thread posts. */
+/** Messages the thread posts: 'started' once per run, then exactly one of the others. */
 export type VcpuThreadMessage =
   | { type: 'started'; tid: number; at: number }
   /** KVM_RUN returned an exit the thread does not handle: read it from the run page. */
@@ -65,75 +66,86 @@ export type VcpuThreadMessage =
   | { type: 'stopped' }
   | { type: 'error'; errno: number };
 
+/** What the main thread posts to a vCPU thread. */
+export type VcpuThreadCommand = { type: 'run'; data: VcpuThreadData } | { type: 'quit' };
+
 export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof threadsModule): void {
-  const d = threads.workerData as VcpuThreadData;
   const port = threads.parentPort!;
-  const C = d.layout;
-  const S = d.state;
   const libc = koffi.load('libc.so.6');
   const ioctl = libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']);
   const gettid = libc.func('int gettid(void)');
-  const run = new DataView(koffi.view(d.runAddress, d.runSize));
-  const runBytes = new Uint8Array(run.buffer);
-  const ctl = new Int32Array(d.control, 0, C.INT32_SLOTS);
-  const stats = new Float64Array(d.control, C.STATS_BYTE_OFFSET, C.STATS_SLOTS);
-  const claimed = new Uint8Array(d.portMap);
-  const o = d.offsets;
-  const fd = d.vcpuFd;
-  const request = d.kvmRun;
-
   const tid = gettid() as number;
-  Atomics.store(ctl, C.TID, tid);
-  const at = performance.timeOrigin + performance.now();
-  stats[C.FIRST_ENTRY_AT] = at;
-  port.postMessage({ type: 'started', tid, at } satisfies VcpuThreadMessage);
 
-  let end: VcpuThreadMessage = { type: 'stopped' };
-  for (;;) {
-    if (Atomics.load(ctl, C.STOP) !== 0) break;
-    const r = ioctl(fd, request, 0) as number;
-    stats[C.RUNS]!++;
-    if (r < 0) {
-      const errno = koffi.errno();
-      if (errno === d.errno.EINTR || errno === d.errno.EAGAIN) {
+  port.on('message', (command: VcpuThreadCommand) => {
+    if (command.type === 'quit') port.close();
+    else port.postMessage(runVcpu(command.data));
+  });
+
+  /** One vCPU's run, from its first KVM_RUN to the exit that ends it; returns the last word. */
+  function runVcpu(d: VcpuThreadData): VcpuThreadMessage {
+    const C = d.layout;
+    const S = d.state;
+    const run = new DataView(koffi.view(d.runAddress, d.runSize));
+    const runBytes = new Uint8Array(run.buffer);
+    const ctl = new Int32Array(d.control, 0, C.INT32_SLOTS);
+    const stats = new Float64Array(d.control, C.STATS_BYTE_OFFSET, C.STATS_SLOTS);
+    const claimed = new Uint8Array(d.portMap);
+    const o = d.offsets;
+    const fd = d.vcpuFd;
+    const request = d.kvmRun;
+
+    Atomics.store(ctl, C.TID, tid);
+    const at = performance.timeOrigin + performance.now();
+    stats[C.FIRST_ENTRY_AT] = at;
+    port.postMessage({ type: 'started', tid, at } satisfies VcpuThreadMessage);
+
+    let end: VcpuThreadMessage = { type: 'stopped' };
+    for (;;) {
+      if (Atomics.load(ctl, C.STOP) !== 0) break;
+      const r = ioctl(fd, request, 0) as number;
+      stats[C.RUNS]!++;
+      if (r < 0) {
+        const errno = koffi.errno();
+        if (errno === d.errno.EINTR || errno === d.errno.EAGAIN) {
+          stats[C.INTERRUPTED]!++;
+          continue;
+        }
+        end = { type: 'error', errno };
+        break;
+      }
+      const reason = run.getUint32(o.exitReason, true);
+      if (reason === d.exits.mmio) {
+        stats[C.MMIO]!++;
+      } else if (reason === d.exits.io) {
+        const p = run.getUint16(o.ioPort, true);
+        if ((claimed[p >> 3]! & (1 << (p & 7))) === 0) {
+          stats[C.IO_IGNORED]!++;
+          if (run.getUint8(o.ioDirection) === d.ioIn) {
+            // Floating bus. data_offset lies inside the mapping (KVM puts it on the next page).
+            const start = Number(run.getBigUint64(o.ioDataOffset, true));
+            const length = run.getUint8(o.ioSize) * run.getUint32(o.ioCount, true);
+            if (start + length <= runBytes.length) runBytes.fill(0xff, start, start + length);
+          }
+          continue;
+        }
+        stats[C.IO]!++;
+      } else if (reason === d.exits.intr || reason === d.exits.irqWindowOpen) {
         stats[C.INTERRUPTED]!++;
         continue;
+      } else {
+        end = { type: 'exit' };
+        break;
       }
-      end = { type: 'error', errno };
-      break;
+      // Hand the exit to the main thread and sleep until it is served.
+      Atomics.store(ctl, C.STATE, S.EXIT);
+      Atomics.notify(ctl, C.STATE);
+      while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
     }
-    const reason = run.getUint32(o.exitReason, true);
-    if (reason === d.exits.mmio) {
-      stats[C.MMIO]!++;
-    } else if (reason === d.exits.io) {
-      const p = run.getUint16(o.ioPort, true);
-      if ((claimed[p >> 3]! & (1 << (p & 7))) === 0) {
-        stats[C.IO_IGNORED]!++;
-        if (run.getUint8(o.ioDirection) === d.ioIn) {
-          // Floating bus. data_offset lies inside the mapping (KVM puts it on the next page).
-          const start = Number(run.getBigUint64(o.ioDataOffset, true));
-          const length = run.getUint8(o.ioSize) * run.getUint32(o.ioCount, true);
-          if (start + length <= runBytes.length) runBytes.fill(0xff, start, start + length);
-        }
-        continue;
-      }
-      stats[C.IO]!++;
-    } else if (reason === d.exits.intr || reason === d.exits.irqWindowOpen) {
-      stats[C.INTERRUPTED]!++;
-      continue;
-    } else {
-      end = { type: 'exit' };
-      break;
-    }
-    // Hand the exit to the main thread and sleep until it is served.
-    Atomics.store(ctl, C.STATE, S.EXIT);
+    Atomics.store(ctl, C.TID, 0);
+    Atomics.store(ctl, C.STATE, S.DONE);
     Atomics.notify(ctl, C.STATE);
-    while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
+    return end;
   }
-  Atomics.store(ctl, C.TID, 0);
-  Atomics.store(ctl, C.STATE, S.DONE);
-  Atomics.notify(ctl, C.STATE);
-  port.postMessage(end);
 }
 
 let source: string | undefined;
