@@ -6,9 +6,9 @@ import { idleVcpuThreads, shutdownIdleVcpuThreads } from '../../framework/vm/kvm
 import { MMIO_BASE, MMIO_SEG, TestWindow, tinyVm } from './tiny-vm.ts';
 
 const threads = () => readdirSync('/proc/self/task').length;
+const before = threads();
 const window = new TestWindow();
 const { vm } = tinyVm('notify', { bits: 16, symbols: { MMIO_SEG, NOTIFY: 0x50, COUNT: 3 } });
-const before = threads();
 vm.mmio.register(MMIO_BASE, 0x100, window, 'test window');
 await vm.start();
 const during = threads();

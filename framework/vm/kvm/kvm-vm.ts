@@ -20,6 +20,7 @@ import type { Uart16550 } from '../x86/uart-16550.ts';
 import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, mapGuestRam, type KvmGuestRam } from './kvm-guest-ram.ts';
 import type { KvmHypervisor } from './kvm-hypervisor.ts';
 import { KvmVcpu, type KvmVcpuHost } from './kvm-vcpu.ts';
+import { reserveVcpuThreads } from './vcpu-thread-pool.ts';
 
 export interface KvmVmConfig extends VmConfig, PcLegacyOptions {
   /**
@@ -62,6 +63,7 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
       libc.ioctlPtr(fd, kvm.KVM_SET_IDENTITY_MAP_ADDR, identity, 'KVM_SET_IDENTITY_MAP_ADDR');
       libc.ioctl(fd, kvm.KVM_CREATE_IRQCHIP, 0, 'KVM_CREATE_IRQCHIP');
       libc.ioctlPtr(fd, kvm.KVM_CREATE_PIT2, kvm.encodeKvmPitConfig({ flags: kvm.KVM_PIT_SPEAKER_DUMMY }), 'KVM_CREATE_PIT2');
+      reserveVcpuThreads(vcpus); // they boot while the caller sets the VM up
       vm.ram = mapGuestRam(fd, config.memory, hv.capabilities.memorySlots);
       for (let i = 0; i < vcpus; i++) vm.createVcpu();
       vm.legacy = attachPcLegacyDevices(vm, config);

@@ -69,13 +69,29 @@ export class VcpuThread {
 
 const idle = new Set<VcpuThread>();
 
+function spawnVcpuThread(): VcpuThread {
+  return new VcpuThread(new Worker(vcpuThreadSource(), { eval: true, execArgv: [], name: 'vcpu' }));
+}
+
 /** A parked thread, or a new one. */
 export function acquireVcpuThread(): VcpuThread {
   for (const thread of idle) {
     idle.delete(thread);
     return thread;
   }
-  return new VcpuThread(new Worker(vcpuThreadSource(), { eval: true, execArgv: [], name: 'vcpu' }));
+  return spawnVcpuThread();
+}
+
+/**
+ * Starts threads until `count` are parked, so that a VM being set up (RAM, kernel, registers)
+ * does not wait ~30 ms for its vCPU threads to boot when it starts.
+ */
+export function reserveVcpuThreads(count: number): void {
+  while (idle.size < Math.min(count, MAX_IDLE)) {
+    const thread = spawnVcpuThread();
+    thread.park();
+    idle.add(thread);
+  }
 }
 
 /** Returns a thread whose run has ended (its last message arrived). */
