@@ -6,7 +6,7 @@
 
 import { warn } from '../framework/log.ts';
 import { RawFile, RawFileError, type BlockFile } from '../framework/io/raw-file.ts';
-import { ConfigSpace, type ConfigLayout } from '../framework/virtio/config-space.ts';
+import { ConfigSpace } from '../framework/virtio/config-space.ts';
 import { VIRTIO_ID_BLOCK, featureBits } from '../framework/virtio/constants.ts';
 import type { DescriptorChain } from '../framework/virtio/descriptor-chain.ts';
 import { VirtioDevice, queue } from '../framework/virtio/device.ts';
@@ -62,7 +62,6 @@ export interface BlockStats {
 export class BlockDevice extends VirtioDevice {
   readonly type = VIRTIO_ID_BLOCK;
   override readonly features: bigint;
-  // <ConfigLayout>: ConfigSpace<L> is invariant in L (options.onDriverWrite), so a narrower L cannot override.
   override readonly config = new ConfigSpace(BLOCK_CONFIG);
   readonly queues = [queue('requestq', QUEUE_SIZE, (requests) => requests.serve(this.handle))];
   readonly stats: BlockStats = { ioErrors: 0 };

@@ -7,7 +7,7 @@
 
 import type { Subscription } from 'rxjs';
 import type { ByteStream } from '../framework/io/byte-stream.ts';
-import { ConfigSpace, type ConfigLayout } from '../framework/virtio/config-space.ts';
+import { ConfigSpace } from '../framework/virtio/config-space.ts';
 import { VIRTIO_ID_CONSOLE, featureBits } from '../framework/virtio/constants.ts';
 import type { ChainReader, DescriptorChain } from '../framework/virtio/descriptor-chain.ts';
 import type { DeviceQueue } from '../framework/virtio/device-queue.ts';
@@ -41,7 +41,6 @@ export interface ConsoleOptions {
 export class ConsoleDevice extends VirtioDevice {
   readonly type = VIRTIO_ID_CONSOLE;
   override readonly features = featureBits(VIRTIO_CONSOLE_F_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE);
-  // <ConfigLayout>: ConfigSpace<L> is invariant in L (options.onDriverWrite), so a narrower L cannot override.
   override readonly config = new ConfigSpace(CONSOLE_CONFIG, {
     writable: ['emerg_wr'],
     onDriverWrite: (_field, value) => void this.host.output(Uint8Array.of(Number(value & 0xffn))),
