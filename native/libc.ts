@@ -127,7 +127,7 @@ export function close(fd: number, context?: string): void {
   if (c.close(fd) < 0) failUnless(EINTR, 'close', context);
 }
 
-/** read(2) into all of `buf`; returns the byte count (0 = end of file). EAGAIN throws, see readNonBlocking. */
+/** read(2) of up to buf.byteLength bytes; returns the count (0 = end of file). EAGAIN throws: see readNonBlocking. */
 export function read(fd: number, buf: Uint8Array, context?: string): number {
   const n: number = c.read(fd, buf, buf.byteLength);
   if (n < 0) throwErrno('read', context);
@@ -141,7 +141,7 @@ export function readNonBlocking(fd: number, buf: Uint8Array, context?: string): 
   return n;
 }
 
-/** write(2) of all of `buf`; returns the byte count actually written (may be short). */
+/** write(2) of `buf`; returns the count actually written, which may be short. */
 export function write(fd: number, buf: Uint8Array, context?: string): number {
   const n: number = c.write(fd, buf, buf.byteLength);
   if (n < 0) throwErrno('write', context);

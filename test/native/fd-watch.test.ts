@@ -12,6 +12,15 @@ import { repoUrl, runScript } from '../support/run-script.ts';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** Waits until cond() holds (a busy machine may be slow to run the loop); fails after `ms`. */
+async function until(cond: () => boolean, what: string, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
+
 function newEventFd(): number {
   return libc.eventfd(0, libc.EFD_NONBLOCK | libc.EFD_CLOEXEC);
 }
@@ -81,8 +90,7 @@ test('level-triggered: fires again until the eventfd is read; never after stop()
     let calls = 0;
     const watch = watchFd(fd, { readable: true }, () => { calls++; });
     libc.eventfdWrite(fd);
-    await sleep(30);
-    assert.ok(calls >= 2, `unread eventfd fired ${calls} time(s)`);
+    await until(() => calls >= 3, 'an unread eventfd to fire repeatedly');
     watch.stop();
     assert.not.ok(watch.active);
     const atStop = calls;
@@ -105,6 +113,7 @@ test('stop() inside the callback: exactly one call although the fd stays readabl
       watch.stop();
     });
     libc.eventfdWrite(fd);
+    await until(() => calls > 0, 'the first call');
     await sleep(30);
     assert.is(calls, 1);
     // The fd can be watched again straight away.
@@ -132,6 +141,7 @@ test('writable, hang-up and error readiness', async () => {
     let calls = 0;
     let last: FdReadiness | null = null;
     const watch = watchFd(w, { writable: true }, (ev) => { calls++; last = ev; });
+    await until(() => calls > 0, 'the error report');
     await sleep(30);
     assert.is(calls, 1);
     assert.equal(last, { readable: false, writable: false, hangup: false, error: true });
@@ -155,12 +165,14 @@ test('an exception in the callback becomes an uncaughtException; the watch keeps
       watch.stop();
     });
     libc.eventfdWrite(fd);
-    await sleep(20);
+    await until(() => seen.length > 0, 'the uncaught exception');
     assert.is(seen.length, 1);
     assert.match((seen[0] as Error).message, 'device handler failed');
     libc.eventfdWrite(fd);
+    await until(() => calls === 2, 'the second call');
     await sleep(20);
     assert.is(calls, 2);
+    assert.is(seen.length, 1);
   } finally {
     process.off('uncaughtException', onUncaught);
     libc.close(fd);
@@ -193,20 +205,23 @@ const watchScript = (body: string) => `
   const libc = await import(${JSON.stringify(repoUrl('native/libc.ts'))});
   const fd = libc.eventfd(0, libc.EFD_NONBLOCK | libc.EFD_CLOEXEC);
   ${body}
+  console.log('set up');
 `;
 
 test('process lifetime: an active watch keeps it alive; stopped or unref()ed ones do not', async () => {
+  // Each script has 1.5 s after its setup to exit on its own.
+  const run = (body: string) => runScript(watchScript(body), { timeoutMs: 1500, armOn: 'set up' });
   const [active, stopped, stoppedInCallback, unrefd] = await Promise.all([
-    runScript(watchScript(`watchFd(fd, { readable: true }, () => {});`), 3000),
-    runScript(watchScript(`watchFd(fd, { readable: true }, () => {}).stop();`), 3000),
-    runScript(watchScript(`
-      const w = watchFd(fd, { readable: true }, () => { w.stop(); console.log('fired'); });
-      libc.eventfdWrite(fd);`), 3000),
-    runScript(watchScript(`watchFd(fd, { readable: true }, () => {}).unref();`), 3000),
+    run(`watchFd(fd, { readable: true }, () => {});`),
+    run(`watchFd(fd, { readable: true }, () => {}).stop();`),
+    run(`const w = watchFd(fd, { readable: true }, () => { w.stop(); console.log('fired'); });
+         libc.eventfdWrite(fd);`),
+    run(`watchFd(fd, { readable: true }, () => {}).unref();`),
   ]);
+  assert.match(active.output, 'set up');
   assert.ok(active.timedOut, 'an active watch keeps the process running');
   for (const [name, r] of Object.entries({ stopped, stoppedInCallback, unrefd })) {
-    assert.not.ok(r.timedOut, `${name}: still running after 3 s`);
+    assert.not.ok(r.timedOut, `${name}: still running 1.5 s after its setup`);
     assert.is(r.code, 0, `${name}: ${r.output}`);
   }
   assert.match(stoppedInCallback.output, 'fired');

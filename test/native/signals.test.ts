@@ -51,10 +51,11 @@ test('without the handler a kick kills the process; with it the process lives an
     const { installKickHandler, kickThread } = await import(${JSON.stringify(repoUrl('native/signals.ts'))});
     const { gettid } = await import(${JSON.stringify(repoUrl('native/libc.ts'))});
     if (${install}) installKickHandler();
+    console.log('kicking');
     kickThread(gettid());
     setTimeout(() => console.log('survived'), 50);
   `;
-  const [bare, handled] = await Promise.all([runScript(script(false), 5000), runScript(script(true), 5000)]);
+  const [bare, handled] = await Promise.all([runScript(script(false), { armOn: 'kicking' }), runScript(script(true), { armOn: 'kicking' })]);
   assert.is(bare.signal, 'SIGUSR2', bare.output);
   assert.not.ok(handled.timedOut, 'the handler must not keep the process alive');
   assert.is(handled.code, 0, handled.output);

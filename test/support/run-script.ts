@@ -18,20 +18,45 @@ export function repoUrl(path: string): string {
   return new URL(`../../${path}`, import.meta.url).href;
 }
 
-export function runScript(source: string, timeoutMs = 5000): Promise<ScriptResult> {
+export interface ScriptOptions {
+  /** How long the script may run before it is killed and reported as timedOut. */
+  timeoutMs?: number;
+  /**
+   * Start the timeout only once the output contains this text (printed by the script when its
+   * setup is done), so a slow start on a busy machine does not count; the start itself may take
+   * up to a minute.
+   */
+  armOn?: string;
+}
+
+export function runScript(source: string, options: ScriptOptions = {}): Promise<ScriptResult> {
+  const { timeoutMs = 5000, armOn } = options;
   return new Promise((resolve) => {
     const started = Date.now();
     const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', source], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
-    child.stdout.on('data', (d) => { output += d; });
-    child.stderr.on('data', (d) => { output += d; });
     let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (ms: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timedOut = true;
+        child.kill('SIGKILL');
+      }, ms);
+    };
+    let armed = armOn === undefined;
+    arm(armed ? timeoutMs : 60_000);
+    const onData = (d: Buffer) => {
+      output += d;
+      if (!armed && output.includes(armOn!)) {
+        armed = true;
+        arm(timeoutMs);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, timedOut, output, ms: Date.now() - started });
