@@ -5,9 +5,9 @@
 
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { bzImagePayload } from '../../cli/guest-image/bzimage.ts';
@@ -282,7 +282,10 @@ test('guest build interrupted by SIGINT: exit 130, no image and no temporary dir
     console.log(`SKIP: ${why}`);
     return;
   }
-  const cache = mkdtempSync(join(tmpdir(), 'rxvirt-guest-cache-'));
+  // Beside the real cache: the same file system a real build would use (it checks for free space).
+  const parent = dirname(guestCacheRoot());
+  mkdirSync(parent, { recursive: true });
+  const cache = mkdtempSync(join(parent, 'rxvirt-sigint-test-'));
   try {
     const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'cli/main.ts'), 'guest', 'build'], {
       cwd: root, env: { ...process.env, XDG_CACHE_HOME: cache }, stdio: ['ignore', 'pipe', 'pipe'],
