@@ -1,8 +1,10 @@
 // VM runtime benchmarks on KVM: (1) process start -> first vCPU entry, measured from the
 // parent's spawn to the child's first KVM_RUN; (2) the MMIO exit round trip of a guest that
-// loops on an MMIO read, served by the MmioBus on the main thread, beside the same loop in a
-// small C VMM compiled here (exit-to-exit interval, p50/p99, and their ratio); (3) the exit
-// round trip of port I/O nobody claims (served inside the vCPU thread), beside C again.
+// loops on an MMIO read, served by the MmioBus on the main thread (with the default adaptive
+// exit polling, and with it off), beside the same loop in a small C VMM compiled here
+// (exit-to-exit interval, p50/p99, and their ratio); (3) the exit round trip of port I/O
+// nobody claims (served inside the vCPU thread), beside C again. Timings on a shared machine
+// move with its load: compare numbers taken in the same run.
 // Run directly: `npx tsx bench/vm.ts`. Needs /dev/kvm, gcc and binutils.
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -11,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { KvmHypervisor } from '../framework/vm/kvm/kvm-hypervisor.ts';
+import type { ExitPolling } from '../framework/vm/kvm/kvm-vcpu.ts';
 import type { KvmVm } from '../framework/vm/kvm/kvm-vm.ts';
 import { realModeEntry } from '../framework/vm/x86/entry-state.ts';
 import { buildGuest, type GuestImage } from '../test/guests/build.ts';
@@ -29,8 +32,8 @@ const MEASURED_EXITS = 20_000;
 const PORT_LOOP_MS = 1_000;
 const FIRST_ENTRY_RUNS = 5;
 
-function tinyVm(hv: KvmHypervisor, image: GuestImage): KvmVm {
-  const vm = hv.createVm({ memory: [{ base: 0, size: RAM }] });
+function tinyVm(hv: KvmHypervisor, image: GuestImage, exitPolling?: ExitPolling): KvmVm {
+  const vm = hv.createVm({ memory: [{ base: 0, size: RAM }], exitPolling });
   vm.memory.write(image.origin, image.bytes);
   const vcpu = vm.vcpus[0]!;
   const { regs, sregs } = realModeEntry(vcpu.getSregs(), { cs: 0, ip: image.origin, sp: 0x8000 });
@@ -44,8 +47,8 @@ function percentile(sorted: Float64Array, p: number): number {
 }
 
 /** Exit-to-exit intervals (us) of the MMIO loop guest, taken in the MmioBus handler. */
-async function jsMmioRoundTrip(hv: KvmHypervisor, image: GuestImage): Promise<{ p50: number; p99: number }> {
-  const vm = tinyVm(hv, image);
+async function jsMmioRoundTrip(hv: KvmHypervisor, image: GuestImage, exitPolling?: ExitPolling): Promise<{ p50: number; p99: number }> {
+  const vm = tinyVm(hv, image, exitPolling);
   const stamps = new Float64Array(WARMUP_EXITS + MEASURED_EXITS + 1);
   let n = 0;
   let finished!: () => void;
@@ -229,11 +232,14 @@ export async function benchVm(): Promise<BenchResult[]> {
     const hv = KvmHypervisor.open();
     try {
       const js = await jsMmioRoundTrip(hv, mmioGuest);
+      const sleeping = await jsMmioRoundTrip(hv, mmioGuest, { vcpuMicros: 0, mainMicros: 0 });
       const [cP50, cP99] = execFileSync(vmm, [guestFile(dir, 'mmio', mmioGuest), 'mmio', String(WARMUP_EXITS), String(MEASURED_EXITS)], { encoding: 'utf8' })
         .trim().split(' ').map(Number) as [number, number];
       results.push(
         { name: 'MMIO exit round trip, main-thread MmioBus: p50', value: js.p50, unit: 'us' },
         { name: 'MMIO exit round trip, main-thread MmioBus: p99', value: js.p99, unit: 'us' },
+        { name: 'MMIO exit round trip, exit polling off: p50', value: sleeping.p50, unit: 'us' },
+        { name: 'MMIO exit round trip, exit polling off: p99', value: sleeping.p99, unit: 'us' },
         { name: 'MMIO exit round trip, C VMM inline: p50', value: cP50, unit: 'us' },
         { name: 'MMIO exit round trip, C VMM inline: p99', value: cP99, unit: 'us' },
         { name: 'MMIO exit round trip p50, rxvirt / C', value: js.p50 / cP50, unit: 'x' },

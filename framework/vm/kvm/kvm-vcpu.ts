@@ -18,11 +18,30 @@ import { kvmExitOutcome } from './kvm-exit-outcome.ts';
 import { CONTROL, VCPU_STATE, type VcpuThreadData, type VcpuThreadMessage } from './vcpu-thread.ts';
 import { acquireVcpuThread, releaseVcpuThread, type VcpuThread } from './vcpu-thread-pool.ts';
 
+/**
+ * Adaptive polling of handed-over exits, after KVM's halt polling: a thread that has just
+ * handed over an exit (vCPU) or served one (main) keeps checking for the answer or the next
+ * exit before it sleeps, because the two futex wake-ups of a sleeping hand-over cost more than
+ * most MMIO handlers take. Each side grows its window (up to the maximum) when a sleep ended
+ * sooner than the maximum or a poll succeeded, and halves it to zero when a poll fails, so it
+ * polls only while that pays: never for an idle guest, and hardly when the two threads share
+ * one core (where every poll would fail). 0 turns a side off.
+ */
+export interface ExitPolling {
+  /** vCPU thread: longest wait for the main thread's answer before sleeping. Default 30 us. */
+  readonly vcpuMicros?: number;
+  /** Main thread: longest wait for the next exit after serving one. Default 30 us. */
+  readonly mainMicros?: number;
+  /** Main thread: longest stretch of serving and polling before it yields to the event loop. Default 1000 us. */
+  readonly burstMicros?: number;
+}
+
 /** What a vCPU needs from its VM. */
 export interface KvmVcpuHost {
   readonly memory: GuestMemory;
   readonly mmio: MmioBus;
   readonly ports: PortBus;
+  readonly exitPolling: ExitPolling;
   /** The run ended by itself (outcome), or because it was asked to stop (null). */
   vcpuEnded(vcpu: KvmVcpu, outcome: VmOutcome | null): void;
 }
@@ -44,6 +63,9 @@ function installKickHandler(): void {
 }
 
 const RUN_L = kvm.kvmRunLayout;
+const DEFAULT_POLL_MICROS = 30;
+const DEFAULT_BURST_MICROS = 1000;
+const POLL_MIN_MS = 0.002;
 
 /** Atomics.waitAsync (ES2024, in Node since 16), typed here because the project's lib is ES2022. */
 const waitAsync = (Atomics as unknown as {
@@ -62,6 +84,10 @@ export class KvmVcpu implements Vcpu {
   private thread: VcpuThread | null = null;
   private exited: Promise<void> = Promise.resolve();
   private closed = false;
+  private readonly pollMax: number;
+  private pollWindow = 0;
+  private sleptSince = 0;
+  private readonly burstMs: number;
   private readonly regsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_regs));
   private readonly sregsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_sregs));
 
@@ -72,6 +98,8 @@ export class KvmVcpu implements Vcpu {
     private readonly runSize: number,
     private readonly host: KvmVcpuHost,
   ) {
+    this.pollMax = (host.exitPolling.mainMicros ?? DEFAULT_POLL_MICROS) / 1000;
+    this.burstMs = (host.exitPolling.burstMicros ?? DEFAULT_BURST_MICROS) / 1000;
     this.run = new DataView(libc.view(runAddress, runSize));
     this.runBytes = new Uint8Array(this.run.buffer);
     for (const len of [1, 2, 4, 8]) this.mmioData[len] = this.runBytes.subarray(RUN_L.mmioData, RUN_L.mmioData + len);
@@ -172,6 +200,7 @@ export class KvmVcpu implements Vcpu {
       exits: { io: kvm.KVM_EXIT_IO, mmio: kvm.KVM_EXIT_MMIO, intr: kvm.KVM_EXIT_INTR, irqWindowOpen: kvm.KVM_EXIT_IRQ_WINDOW_OPEN },
       ioIn: kvm.KVM_EXIT_IO_IN,
       errno: { EINTR: koffi.os.errno.EINTR, EAGAIN: koffi.os.errno.EAGAIN },
+      pollMs: (this.host.exitPolling.vcpuMicros ?? DEFAULT_POLL_MICROS) / 1000,
       state: VCPU_STATE,
       layout: CONTROL,
     };
@@ -259,19 +288,42 @@ export class KvmVcpu implements Vcpu {
 
   // ---- serving exits on the main thread -------------------------------------------------------
 
-  /** Serves every exit the thread hands over until it is done; re-arms with Atomics.waitAsync. */
+  /**
+   * Serves every exit the thread hands over until it is done: after serving one it polls for
+   * the next (adaptive window, see ExitPolling) within a burst budget, else sleeps in
+   * Atomics.waitAsync; a burst that outlasts its budget yields to the event loop first.
+   */
   private readonly pump = (): void => {
     const ctl = this.ctl;
+    const now = performance.now();
+    if (this.sleptSince > 0) {
+      // Woken from a sleep: had the next exit come within the maximum, polling would have caught it.
+      if (this.pollMax > 0) this.pollWindow = now - this.sleptSince < this.pollMax ? Math.min(this.pollMax, Math.max(POLL_MIN_MS, this.pollWindow * 2)) : 0;
+      this.sleptSince = 0;
+    }
+    const burstEnd = now + this.burstMs;
     for (;;) {
       const state = Atomics.load(ctl, CONTROL.STATE);
       if (state === VCPU_STATE.DONE) return;
       if (state === VCPU_STATE.EXIT) {
+        if (performance.now() > burstEnd) {
+          setImmediate(this.pump);
+          return;
+        }
         if (Atomics.load(ctl, CONTROL.STOP) === 0) this.serve();
         Atomics.store(ctl, CONTROL.STATE, VCPU_STATE.RUNNING);
         Atomics.notify(ctl, CONTROL.STATE);
+        if (this.pollWindow > 0) {
+          const until = Math.min(performance.now() + this.pollWindow, burstEnd);
+          while (Atomics.load(ctl, CONTROL.STATE) === VCPU_STATE.RUNNING && performance.now() < until);
+          if (Atomics.load(ctl, CONTROL.STATE) !== VCPU_STATE.RUNNING) this.pollWindow = Math.min(this.pollMax, this.pollWindow * 2);
+          else if ((this.pollWindow /= 2) < POLL_MIN_MS) this.pollWindow = 0;
+        }
+        continue;
       }
       const wait = waitAsync(ctl, CONTROL.STATE, VCPU_STATE.RUNNING);
       if (wait.async) {
+        this.sleptSince = performance.now();
         void wait.value.then(this.pump);
         return;
       }

@@ -19,7 +19,7 @@ import { PortBus } from '../x86/port-bus.ts';
 import type { Uart16550 } from '../x86/uart-16550.ts';
 import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, mapGuestRam, type KvmGuestRam } from './kvm-guest-ram.ts';
 import type { KvmHypervisor } from './kvm-hypervisor.ts';
-import { KvmVcpu, type KvmVcpuHost } from './kvm-vcpu.ts';
+import { KvmVcpu, type ExitPolling, type KvmVcpuHost } from './kvm-vcpu.ts';
 import { reserveVcpuThreads } from './vcpu-thread-pool.ts';
 
 export interface KvmVmConfig extends VmConfig, PcLegacyOptions {
@@ -28,6 +28,8 @@ export interface KvmVmConfig extends VmConfig, PcLegacyOptions {
    * filled in (leaves 1, 0xb, 0x1f) and returns the table to set.
    */
   cpuid?: (entries: kvm.KvmCpuidEntry2[], vcpuId: number) => kvm.KvmCpuidEntry2[];
+  /** Polling of MMIO/port exits handed to the main thread (see ExitPolling). */
+  exitPolling?: ExitPolling;
 }
 
 export class KvmVm implements PortIoVm, KvmVcpuHost {
@@ -44,9 +46,11 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
   private readonly ownedEventFds = new Set<EventFd>();
   private legacy: PcLegacyDevices | null = null;
   private ram: KvmGuestRam | null = null;
+  readonly exitPolling: ExitPolling;
 
   private constructor(private readonly hv: KvmHypervisor, readonly fd: number, private readonly config: KvmVmConfig) {
     this.outcome = new Promise((resolve) => { this.resolveOutcome = resolve; });
+    this.exitPolling = config.exitPolling ?? {};
   }
 
   /** KVM_CREATE_VM and the x86 platform: TSS and identity map, irqchip, PIT, RAM, vCPUs, COM1, i8042. */

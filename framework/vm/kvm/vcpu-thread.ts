@@ -6,9 +6,10 @@
 // it may use only its two arguments and globals; every constant arrives in `VcpuThreadData`.
 //
 // Protocol with the main thread, over one SharedArrayBuffer (the control block, CONTROL):
-// - MMIO exits and port I/O on claimed ports: the worker sets STATE = EXIT and sleeps in
-//   Atomics.wait; the main thread (Atomics.waitAsync) serves the exit straight from its own
-//   view of the run page, then sets STATE = RUNNING. Nothing is copied.
+// - MMIO exits and port I/O on claimed ports: the worker sets STATE = EXIT, polls for a while
+//   (adaptive, at most pollMs), then sleeps in Atomics.wait; the main thread (Atomics.waitAsync,
+//   then adaptive polling for the next exit itself, see KvmVcpu) serves the exit straight from
+//   its own view of the run page and sets STATE = RUNNING. Nothing is copied.
 // - Port I/O on unclaimed ports: answered here (reads see all ones), no round trip.
 // - KVM_EXIT_INTR / EINTR: resumed unless STOP is set.
 // - Anything else: the loop ends and the worker posts { type: 'exit' }; the main thread reads
@@ -54,6 +55,8 @@ export interface VcpuThreadData {
   exits: { io: number; mmio: number; intr: number; irqWindowOpen: number };
   ioIn: number;
   errno: { EINTR: number; EAGAIN: number };
+  /** Longest poll (ms) for the main thread's answer before sleeping in Atomics.wait; 0 = never poll. */
+  pollMs: number;
   state: typeof VCPU_STATE;
   layout: typeof CONTROL;
 }
@@ -93,6 +96,10 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
     const o = d.offsets;
     const fd = d.vcpuFd;
     const request = d.kvmRun;
+    // Adaptive polling for the main thread's answer (see ExitPolling in kvm-vcpu.ts), in ms.
+    const pollMax = d.pollMs;
+    const POLL_MIN = 0.002;
+    let pollWindow = 0;
 
     Atomics.store(ctl, C.TID, tid);
     const at = performance.timeOrigin + performance.now();
@@ -136,10 +143,22 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
         end = { type: 'exit' };
         break;
       }
-      // Hand the exit to the main thread and sleep until it is served.
+      // Hand the exit to the main thread; poll briefly for the answer (a futex sleep and wake
+      // cost more than most answers take), then sleep until it is served.
       Atomics.store(ctl, C.STATE, S.EXIT);
       Atomics.notify(ctl, C.STATE);
-      while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
+      if (pollWindow > 0) {
+        const until = performance.now() + pollWindow;
+        while (Atomics.load(ctl, C.STATE) === S.EXIT && performance.now() < until);
+        if (Atomics.load(ctl, C.STATE) !== S.EXIT) pollWindow = Math.min(pollMax, pollWindow * 2);
+        else if ((pollWindow /= 2) < POLL_MIN) pollWindow = 0;
+      }
+      if (Atomics.load(ctl, C.STATE) === S.EXIT) {
+        const slept = performance.now();
+        while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
+        // An answer that came within pollMax would have been caught by polling: grow.
+        if (pollMax > 0) pollWindow = performance.now() - slept < pollMax ? Math.min(pollMax, Math.max(POLL_MIN, pollWindow * 2)) : 0;
+      }
     }
     Atomics.store(ctl, C.TID, 0);
     Atomics.store(ctl, C.STATE, S.DONE);
