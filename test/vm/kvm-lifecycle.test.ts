@@ -39,6 +39,21 @@ for (const guest of ['halt', 'spin'] as const) {
   });
 }
 
+kvmTest('every vCPU gets its own thread; stop ends them all, the application processor waiting for SIPI too', async () => {
+  const { vm } = tinyVm('halt', { bits: 16 }, { vcpus: 2 });
+  const started: number[] = [];
+  vm.events$.subscribe((e) => { if (e.type === 'vcpu-started') started.push(e.vcpu); });
+  try {
+    await vm.start();
+    assert.equal(started.sort(), [0, 1]);
+    assert.equal(vm.vcpus.map((v) => v.state), ['running', 'running']);
+    assert.equal(await withTimeout(vm.stop(), 2000, 'stop'), { kind: 'stopped' });
+    assert.equal(vm.vcpus.map((v) => v.state), ['ended', 'ended']);
+  } finally {
+    await vm.close();
+  }
+});
+
 kvmTest('a triple fault ends the VM with reset, the registers and the faulting instruction bytes', async () => {
   const unmapped = 0x80_0000_0000n; // above the 4 GiB identity map
   const { vm, image } = tinyVm('triple-fault64', { bits: 64, symbols: { UNMAPPED: unmapped } });
