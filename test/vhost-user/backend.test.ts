@@ -171,6 +171,20 @@ test('GET_VRING_BASE stops the ring at its position; SET_VRING_BASE resumes from
   }
 });
 
+test('the front-end picks the ring size: 1024 entries on a device whose own maximum is 256', async () => {
+  const s = await session(new RngDevice(), 2 << 20);
+  try {
+    await s.frontend.negotiate();
+    await s.frontend.setMemTable([s.memory]);
+    const q = new DriverQueue(s.memory.guest, { size: 1024 });
+    const ring = await s.frontend.setupRing(0, q, s.memory);
+    for (let i = 0; i < 300; i++) q.addChain([{ writableLen: 8 }]);
+    assert.is((await kickAndCollect(q, ring, 300)).length, 300);
+  } finally {
+    await s.done();
+  }
+});
+
 test('a new SET_MEM_TABLE while rings run remaps them and I/O continues', async () => {
   const s = await session(new RngDevice());
   try {

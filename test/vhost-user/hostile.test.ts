@@ -260,8 +260,8 @@ test('ring index beyond the device queues', () =>
 test('ring size that is not a power of two', () =>
   expectRejected((f) => f.send(Request.SET_VRING_NUM, encodeVringState({ index: 0, num: 6 })), /size 6 is not a power of two/));
 
-test('ring size above the queue maximum', () =>
-  expectRejected((f) => f.send(Request.SET_VRING_NUM, encodeVringState({ index: 0, num: 1024 })), /in 1\.\.256/));
+test('ring size above the back-end maximum (1024 by default)', () =>
+  expectRejected((f) => f.send(Request.SET_VRING_NUM, encodeVringState({ index: 0, num: 2048 })), /in 1\.\.1024/));
 
 test('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES', () =>
   expectRejected((f) => f.send(Request.SET_VRING_ENABLE, encodeVringState({ index: 0, num: 1 })),

@@ -16,14 +16,23 @@ import { watchFd, type FdWatch } from '../../native/fd-watch.ts';
 import * as libc from '../../native/libc.ts';
 import { unixAccept, unixConnect, unixListen } from '../../native/unix-socket.ts';
 import { NativeError } from '../../native/errors.ts';
+import { isValidQueueSize } from '../../framework/virtio/ring-layout.ts';
 import { VhostUserConnection, type ConnectionClose } from './connection.ts';
+import { FrontendSizedDevice } from './frontend-sized-device.ts';
 
 export interface VhostUserBackendOptions {
   /** Where to listen. A stale socket left by a dead process is replaced; a live one is EADDRINUSE. */
   socketPath: string;
   /** Called when a connection has been torn down, with the reason it ended. */
   onConnectionClosed?: (reason: string) => void;
+  /**
+   * Largest ring a front-end may ask for (power of two, default 1024). The front-end picks
+   * ring sizes over vhost-user; a device's own maxSize only raises this bound.
+   */
+  queueSizeMax?: number;
 }
+
+const DEFAULT_QUEUE_SIZE_MAX = 1024;
 
 export type { ConnectionClose as VhostUserConnectionClose } from './connection.ts';
 
@@ -58,7 +67,9 @@ export class VhostUserBackend {
   constructor(readonly device: VirtioDevice, private readonly options: VhostUserBackendOptions) {
     this.socketPath = options.socketPath;
     this.scope = `vhost-user ${options.socketPath}`;
-    const state = new VhostUserDeviceState(device, {
+    const queueSizeMax = options.queueSizeMax ?? DEFAULT_QUEUE_SIZE_MAX;
+    if (!isValidQueueSize(queueSizeMax)) throw new RangeError(`${this.scope}: queueSizeMax ${queueSizeMax} is not a power of two in 1..32768`);
+    const state = new VhostUserDeviceState(new FrontendSizedDevice(device, queueSizeMax), {
       memory: () => this.connection?.memory ?? null,
       name: this.scope,
       interrupts: {
