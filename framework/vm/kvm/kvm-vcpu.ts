@@ -1,9 +1,8 @@
 // One KVM vCPU seen from the main thread: its fd and run page, register access while it is not
 // running, its run on a pooled thread (vcpu-thread.ts) and the serving of the exits that thread
-// hands over.
-// MMIO exits go to the MmioBus and claimed port I/O to the PortBus, answered in place in the
-// run page (the thread sleeps meanwhile); every other exit ends the run and becomes the VM's
-// outcome through the host. Serving allocates nothing for 1/2/4/8-byte accesses.
+// hands over. MMIO exits go to the MmioBus and claimed port I/O to the PortBus, answered in
+// place in the run page while the thread waits; every other exit ends the run and becomes the
+// VM's outcome through the host. Serving allocates nothing for 1/2/4/8-byte accesses.
 
 import * as libc from '../../../native/libc.ts';
 import * as kvm from '../../../native/kvm.ts';
@@ -46,7 +45,7 @@ export interface KvmVcpuHost {
   vcpuEnded(vcpu: KvmVcpu, outcome: VmOutcome | null): void;
 }
 
-/** The signal that kicks a vCPU thread out of KVM_RUN; a handler must be installed (see KICK). */
+/** The signal that kicks a vCPU thread out of KVM_RUN; it needs a handler (installKickHandler). */
 const KICK_SIGNAL = 'SIGUSR2';
 let kickHandlerInstalled = false;
 

@@ -20,7 +20,7 @@ import type koffiModule from 'koffi';
 import type * as threadsModule from 'node:worker_threads';
 import { createRequire } from 'node:module';
 
-/** Int32 slots of the control block. */
+/** The control block: Int32 slots (STATE, TID, STOP), then Float64 statistics written by the thread. */
 export const CONTROL = Object.freeze({
   STATE: 0,
   TID: 1,
