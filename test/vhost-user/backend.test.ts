@@ -62,8 +62,8 @@ test('GET_FEATURES offers the device and ring features plus VHOST_USER_F_PROTOCO
     assert.ok(features & bit(VHOST_USER_F_PROTOCOL_FEATURES));
     assert.is(features & featureBits(VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC),
       featureBits(VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC));
-    assert.is(await s.frontend.getProtocolFeatures(),
-      bit(PROTOCOL_F_MQ) | bit(PROTOCOL_F_REPLY_ACK) | bit(PROTOCOL_F_CONFIG) | bit(PROTOCOL_F_RESET_DEVICE));
+    // rng has no config space: CONFIG is not offered (QEMU warns about an unused CONFIG).
+    assert.is(await s.frontend.getProtocolFeatures(), bit(PROTOCOL_F_MQ) | bit(PROTOCOL_F_REPLY_ACK) | bit(PROTOCOL_F_RESET_DEVICE));
     await s.frontend.negotiate();
     assert.is(await s.frontend.getQueueNum(), 1);
     assert.is(s.backend.state.driverFeatures & featureBits(VIRTIO_F_VERSION_1), featureBits(VIRTIO_F_VERSION_1));
@@ -233,6 +233,7 @@ test('block: GET_CONFIG reports the capacity; writes and reads reach the image f
   const device = BlockDevice.open(image, { serial: 'vu-test' });
   const s = await session(device);
   try {
+    assert.ok((await s.frontend.getProtocolFeatures()) & bit(PROTOCOL_F_CONFIG), 'CONFIG offered for a device with config');
     await s.frontend.negotiate();
     const config = await s.frontend.getConfig(0, 60);
     assert.is(config.length, 60);

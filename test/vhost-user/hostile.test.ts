@@ -6,7 +6,8 @@ import * as assert from 'uvu/assert';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { firstValueFrom } from 'rxjs';
+import { EMPTY, firstValueFrom } from 'rxjs';
+import { ConsoleDevice } from '../../devices/console.ts';
 import { RngDevice } from '../../devices/rng.ts';
 import { EventFd } from '../../framework/eventfd.ts';
 import { setLogSink } from '../../framework/log.ts';
@@ -27,16 +28,20 @@ setLogSink((level, _scope, message) => {
 
 const backend = new VhostUserBackend(new RngDevice(), { socketPath: join(dir, 'hostile.sock') });
 backend.listen();
+/** A device with a config space, for GET/SET_CONFIG attacks. */
+const withConfig = new VhostUserBackend(new ConsoleDevice({ input$: EMPTY, output: () => {}, close: () => {} }),
+  { socketPath: join(dir, 'config.sock') });
+withConfig.listen();
 
 type Attack = (f: VhostUserFrontend, mem: FrontendMemory) => void | Promise<void>;
 
 /** Run `attack` on a fresh connection; expect the back-end to hang up with a reason matching `reason`. */
-async function expectRejected(attack: Attack, reason: RegExp): Promise<void> {
+async function expectRejected(attack: Attack, reason: RegExp, on = backend): Promise<void> {
   const fdsBefore = openFdCount();
   warnings.length = 0;
   const mem = FrontendMemory.create(1 << 20);
-  const f = VhostUserFrontend.connect(backend.socketPath);
-  const closed = firstValueFrom(backend.disconnected$);
+  const f = VhostUserFrontend.connect(on.socketPath);
+  const closed = firstValueFrom(on.disconnected$);
   try {
     await attack(f, mem);
     const close = await closed;
@@ -48,16 +53,22 @@ async function expectRejected(attack: Attack, reason: RegExp): Promise<void> {
   } finally {
     f.close();
     mem.close();
-    await servesNormally();
+    await servesNormally(on);
     assert.is(openFdCount(), fdsBefore, 'every fd the hostile front-end sent was closed');
   }
 }
 
-/** The next connection negotiates and gets rng bytes. */
-async function servesNormally(): Promise<void> {
+/** The next connection negotiates and gets rng bytes (or, on the config back-end, its config). */
+async function servesNormally(on = backend): Promise<void> {
   const mem = FrontendMemory.create(1 << 20);
-  const f = VhostUserFrontend.connect(backend.socketPath);
+  const f = VhostUserFrontend.connect(on.socketPath);
+  const gone = firstValueFrom(on.disconnected$);
   try {
+    if (on !== backend) {
+      await f.negotiate();
+      assert.equal(await f.getConfig(0, 4), new Uint8Array([80, 0, 25, 0]), 'console cols/rows');
+      return;
+    }
     await f.negotiate();
     await f.setMemTable([mem]);
     const q = new DriverQueue(mem.guest, { size: 4 });
@@ -68,7 +79,6 @@ async function servesNormally(): Promise<void> {
     await called;
     assert.equal(q.takeUsed().map((u) => u.len), [8]);
   } finally {
-    const gone = firstValueFrom(backend.disconnected$);
     f.close();
     await gone;
     mem.close();
@@ -91,7 +101,10 @@ async function ringReady(f: VhostUserFrontend, mem: FrontendMemory, size = 4) {
 
 // ---- framing and headers -------------------------------------------------------------------
 
-test.before(servesNormally); // warm-up: lazily created runtime fds do not count as leaks
+test.before(async () => {
+  await servesNormally();
+  await servesNormally(withConfig);
+}); // warm-up: lazily created runtime fds do not count as leaks
 
 test('wrong payload size for a fixed-size request', () =>
   expectRejected((f) => f.send(Request.SET_FEATURES, new Uint8Array(4)), /SET_FEATURES with 4 payload bytes \(expected 8\)/));
@@ -279,13 +292,27 @@ test('SET_VRING_NUM while the ring runs', () =>
     f.send(Request.SET_VRING_NUM, encodeVringState({ index: 0, num: 2 }));
   }, /SET_VRING_NUM: ring 0 is running/));
 
+test('GET_CONFIG without VHOST_USER_PROTOCOL_F_CONFIG (rng has no config space)', () =>
+  expectRejected(async (f) => {
+    await f.negotiate();
+    f.send(Request.GET_CONFIG, new Uint8Array(12 + 4));
+  }, /GET_CONFIG without VHOST_USER_PROTOCOL_F_CONFIG/));
+
 test('GET_CONFIG larger than the protocol allows', () =>
   expectRejected(async (f) => {
     await f.negotiate();
     const p = new Uint8Array(12 + 300);
     new DataView(p.buffer).setUint32(4, 300, true);
     f.send(Request.GET_CONFIG, p);
-  }, /GET_CONFIG of 300 bytes/));
+  }, /GET_CONFIG of 300 bytes/, withConfig));
+
+test('GET_CONFIG whose size field disagrees with its payload', () =>
+  expectRejected(async (f) => {
+    await f.negotiate();
+    const p = new Uint8Array(12 + 8);
+    new DataView(p.buffer).setUint32(4, 12, true);
+    f.send(Request.GET_CONFIG, p);
+  }, /GET_CONFIG says 12 bytes but carries 8/, withConfig));
 
 // ---- a hostile guest behind a well-behaved front-end ----------------------------------------
 
@@ -313,6 +340,7 @@ test('buffer address outside guest memory: DEVICE_NEEDS_RESET and a closed conne
 
 test.after(async () => {
   await backend.close();
+  await withConfig.close();
   setLogSink(null);
   rmSync(dir, { recursive: true, force: true });
 });

@@ -25,9 +25,11 @@ import {
 } from './protocol.ts';
 import { Vring, adoptEventFd } from './vring.ts';
 
-/** Protocol features this back-end implements, and therefore offers. */
-export const SUPPORTED_PROTOCOL_FEATURES =
-  bit(PROTOCOL_F_MQ) | bit(PROTOCOL_F_REPLY_ACK) | bit(PROTOCOL_F_CONFIG) | bit(PROTOCOL_F_RESET_DEVICE);
+/** Protocol features this back-end implements; CONFIG only for devices that have a config space. */
+export function offeredProtocolFeatures(configSize: number): bigint {
+  const always = bit(PROTOCOL_F_MQ) | bit(PROTOCOL_F_REPLY_ACK) | bit(PROTOCOL_F_RESET_DEVICE);
+  return configSize > 0 ? always | bit(PROTOCOL_F_CONFIG) : always;
+}
 
 const PROTOCOL_FEATURES_BIT = bit(VHOST_USER_F_PROTOCOL_FEATURES);
 
@@ -77,6 +79,7 @@ export class VhostUserConnection {
   private watch: FdWatch | null = null;
   private memoryTable: MemoryTable | null = null;
   private protocolFeatures = 0n;
+  private readonly offeredProtocol: bigint;
   private featuresNegotiated = false;
   private pending: Promise<void> | null = null;
   private closing: Promise<void> | null = null;
@@ -89,6 +92,7 @@ export class VhostUserConnection {
   ) {
     this.reader = new MessageReader(socket);
     this.vrings = state.queues.map((q, i) => new Vring(i, q.maxSize));
+    this.offeredProtocol = offeredProtocolFeatures(state.device.config.size);
   }
 
   /** Guest memory as the front-end described it (null before SET_MEM_TABLE). */
@@ -222,10 +226,10 @@ export class VhostUserConnection {
       case Request.SET_FEATURES:
         return this.setFeatures(decodeU64(payload));
       case Request.GET_PROTOCOL_FEATURES:
-        return this.reply(request, encodeU64(SUPPORTED_PROTOCOL_FEATURES));
+        return this.reply(request, encodeU64(this.offeredProtocol));
       case Request.SET_PROTOCOL_FEATURES: {
         const wanted = decodeU64(payload);
-        if (wanted & ~SUPPORTED_PROTOCOL_FEATURES) {
+        if (wanted & ~this.offeredProtocol) {
           protocolError('EINVAL', `SET_PROTOCOL_FEATURES 0x${wanted.toString(16)} names features not offered`);
         }
         this.protocolFeatures = wanted;
