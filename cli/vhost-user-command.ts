@@ -58,12 +58,16 @@ export async function vhostUserCommand(argv: string[]): Promise<number> {
     backend.disconnected$.subscribe(({ reason }) => process.stderr.write(`rxvirt ${command}: ${reason}\n`)),
   ];
 
+  // After the first signal a second one gets Node's default action: a stuck shutdown can still be killed.
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
+    const onSignal = (sig: NodeJS.Signals) => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve(sig);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
   });
-  process.removeAllListeners('SIGINT');
-  process.removeAllListeners('SIGTERM');
   process.stderr.write(`rxvirt ${command}: ${signal}: finishing in-flight requests\n`);
   await backend.close();
   for (const s of events) s.unsubscribe();

@@ -103,25 +103,38 @@ if ('reason' in available) {
 
   let output = '';
   let exitCode: number | null = null;
-  const field = (name: string) => new RegExp(`^${name}=(.*)$`, 'm').exec(output)?.[1]?.trim();
+  let secondOutput = '';
+  const field = (name: string, text = output) => new RegExp(`^${name}=(.*)$`, 'm').exec(text)?.[1]?.trim();
 
-  test.before(async () => {
+  /** Boot the guest with every device attached; resolves with QEMU's output and exit code. */
+  async function boot(cmd: string): Promise<{ output: string; code: number | null }> {
     const args = [
       '-M', 'microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off,memory-backend=mem',
       '-accel', 'tcg', '-m', '256M', '-object', 'memory-backend-memfd,id=mem,size=256M,share=on',
       '-nographic', '-no-reboot', '-kernel', image.bzImage, '-initrd', image.initramfsGz,
-      '-append', `console=ttyS0 panic=-1 reboot=t quiet rxvirt.cmd=${Buffer.from(BOOT_CMD).toString('base64')}`,
+      '-append', `console=ttyS0 panic=-1 reboot=t quiet rxvirt.cmd=${Buffer.from(cmd).toString('base64')}`,
       '-global', 'virtio-mmio.force-legacy=false',
     ];
     devices.forEach((d, i) => {
       args.push('-chardev', `socket,id=vu${i},path=${backends[i]!.socketPath}`, '-device', `${d.qemu},chardev=vu${i}`);
     });
     const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    qemu.stdout.on('data', (d) => { output += d; });
-    qemu.stderr.on('data', (d) => { output += d; });
+    let text = '';
+    qemu.stdout.on('data', (d) => { text += d; });
+    qemu.stderr.on('data', (d) => { text += d; });
     const timer = setTimeout(() => qemu.kill('SIGKILL'), 90_000);
-    exitCode = await new Promise<number | null>((resolve) => qemu.on('exit', resolve));
+    const code = await new Promise<number | null>((resolve) => qemu.on('exit', resolve));
     clearTimeout(timer);
+    return { output: text, code };
+  }
+
+  test.before(async () => {
+    ({ output, code: exitCode } = await boot(BOOT_CMD));
+    // QEMU restarted: the same back-ends (never restarted) serve the new front-ends.
+    const again = 'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = rx-data ] && echo "AGAIN_SHA=$(dd if=/dev/${d##*/} ' +
+      'bs=65536 count=32 iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1)"; done; ' +
+      'echo "RNG_AGAIN=$(dd if=/dev/hwrng bs=64 count=2 2>/dev/null | wc -c)"';
+    secondOutput = (await boot(again)).output;
     for (const b of backends) await b.close();
     for (const d of devices) if (d.device instanceof BlockDevice) d.device.close();
   });
@@ -180,8 +193,14 @@ if ('reason' in available) {
     assert.not.equal(field('RNG_SHA'), field('RNG_SHA2'));
   });
 
+  test('a restarted QEMU is served by the same back-ends and sees the data written before', () => {
+    assert.is(field('AGAIN_SHA', secondOutput), field('WRITE_SHA'), secondOutput.slice(-2000));
+    assert.is(field('RNG_AGAIN', secondOutput), '128');
+    for (const b of backends) assert.is(b.connections, 2);
+  });
+
   test('every front-end connection ended by QEMU hanging up, not by a protocol fault', () => {
-    assert.ok(closes.length >= devices.length, closes.join('; '));
+    assert.is(closes.length, 2 * devices.length, closes.join('; '));
     for (const c of closes) assert.match(c, /front-end disconnected|back-end shutting down/);
   });
 
