@@ -22,6 +22,7 @@ import { VmError } from '../vm-error.ts';
 import { doorbellLabel } from './arm64-layout.ts';
 import type { GunyahDriver, GunyahMapping } from './gunyah-driver.ts';
 import { GunyahVcpu, type GunyahVcpuHost } from './gunyah-vcpu.ts';
+import { IoEventFanout } from './ioevent-fanout.ts';
 
 export interface GunyahRegionConfig extends MemoryRegionConfig {
   /** The guest may read and execute but not write it (flags R|X); devices may not write it either. */
@@ -55,11 +56,12 @@ export interface GunyahDevice {
   readonly maxVcpus: number;
 }
 
+/** The one kernel ioeventfd at an address: direct (the caller's eventfd) or a fan-out. */
 interface IoEventEntry {
-  readonly match: IoEventMatch;
-  readonly fd: EventFd;
+  readonly address: number;
   readonly arg: Uint8Array;
   readonly where: string;
+  readonly fanout: IoEventFanout | null;
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
@@ -77,8 +79,8 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
   private guestMemory: GuestMemory | null = null;
   private readonly mappings: GunyahMapping[] = [];
   private boot: GunyahBootConfig | null = null;
-  /** Live ioeventfds by address: the Android-14 driver removes every one at an address at once. */
-  private readonly ioEvents = new Map<number, Set<IoEventEntry>>();
+  /** The kernel ioeventfd of each address. */
+  private readonly ioEvents = new Map<number, IoEventEntry>();
 
   private constructor(private readonly device: GunyahDevice, readonly fd: number, private readonly config: GunyahVmConfig) {
     this.outcome = new Promise((resolve) => { this.resolveOutcome = resolve; });
@@ -139,17 +141,41 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
     this.boot = boot;
   }
 
+  /**
+   * An ioeventfd at `match.address`. Without datamatch it is the kernel's own (one per address;
+   * the driver ignores the length then). With datamatch, see ioevent-fanout.ts: one kernel
+   * ioeventfd per address signals every eventfd registered there, whatever value was written.
+   */
   addIoEventFd(match: IoEventMatch, fd: EventFd): Registration {
     this.checkOpen('addIoEventFd');
     if ((match.space ?? 'mmio') !== 'mmio') throw new VmError('EINVAL', 'Gunyah: ioeventfds are MMIO only (no port I/O on arm64)');
-    const arg = encodeIoeventfdArg({ addr: match.address, len: match.length, fd: fd.fd, datamatch: match.datamatch });
-    const where = `ioeventfd ${hex(match.address)}/${match.length}${match.datamatch === undefined ? '' : ` == ${match.datamatch}`}`;
-    this.addFunction(GH_FN_IOEVENTFD, arg, `GH_VM_ADD_FUNCTION ${where}`);
-    const entry: IoEventEntry = { match, fd, arg, where };
-    let sameAddress = this.ioEvents.get(match.address);
-    if (!sameAddress) this.ioEvents.set(match.address, (sameAddress = new Set()));
-    sameAddress.add(entry);
-    return { remove: () => this.removeIoEvent(entry) };
+    encodeIoeventfdArg({ addr: match.address, len: match.length, fd: fd.fd, datamatch: match.datamatch }); // validates the shape
+    const existing = this.ioEvents.get(match.address);
+    if (match.datamatch === undefined || existing?.fanout === null) {
+      if (existing) throw new VmError('EEXIST', `Gunyah: an ioeventfd already serves ${hex(match.address)} (the driver keeps one per address)`);
+      const entry = this.registerIoEvent(match.address, match.length, fd, null);
+      return { remove: () => this.unregisterIoEvent(entry) };
+    }
+    let entry = existing;
+    if (!entry) {
+      const fanout = new IoEventFanout(match.address);
+      try {
+        entry = this.registerIoEvent(match.address, match.length, fanout.source, fanout);
+      } catch (e) {
+        fanout.close();
+        throw e;
+      }
+    }
+    const fanout = entry.fanout!;
+    fanout.add(fd);
+    let removed = false;
+    return {
+      remove: () => {
+        if (removed) return;
+        removed = true;
+        if (fanout.delete(fd) === 0) this.unregisterIoEvent(entry);
+      },
+    };
   }
 
   addIrqFd(irq: number, fd: EventFd, options: IrqFdOptions): IrqFdBinding {
@@ -267,17 +293,24 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
     this.driver.ioctl(this.fd, GH_VM_REMOVE_FUNCTION, encodeFnDesc(type, this.driver.addressOf(arg), arg.length), context);
   }
 
-  /**
-   * GH_VM_REMOVE_FUNCTION matches ioeventfds by address alone and removes them all, so the
-   * others registered at the same address (one per virtqueue, by datamatch) are added back.
-   */
-  private removeIoEvent(entry: IoEventEntry): void {
-    const sameAddress = this.ioEvents.get(entry.match.address);
-    if (!sameAddress?.has(entry) || this.currentState === 'closed') return;
-    sameAddress.delete(entry);
-    this.removeFunction(GH_FN_IOEVENTFD, entry.arg, `GH_VM_REMOVE_FUNCTION ${entry.where}`);
-    for (const other of sameAddress) this.addFunction(GH_FN_IOEVENTFD, other.arg, `GH_VM_ADD_FUNCTION ${other.where}`);
-    if (sameAddress.size === 0) this.ioEvents.delete(entry.match.address);
+  private registerIoEvent(address: number, length: IoEventMatch['length'], fd: EventFd, fanout: IoEventFanout | null): IoEventEntry {
+    const arg = encodeIoeventfdArg({ addr: address, len: length, fd: fd.fd });
+    const where = `ioeventfd ${hex(address)}/${length}`;
+    this.addFunction(GH_FN_IOEVENTFD, arg, `GH_VM_ADD_FUNCTION ${where}`);
+    const entry: IoEventEntry = { address, arg, where, fanout };
+    this.ioEvents.set(address, entry);
+    return entry;
+  }
+
+  /** GH_VM_REMOVE_FUNCTION matches ioeventfds by address, which is why there is one per address. */
+  private unregisterIoEvent(entry: IoEventEntry): void {
+    if (this.ioEvents.get(entry.address) !== entry) return;
+    this.ioEvents.delete(entry.address);
+    try {
+      if (this.currentState !== 'closed') this.removeFunction(GH_FN_IOEVENTFD, entry.arg, `GH_VM_REMOVE_FUNCTION ${entry.where}`);
+    } finally {
+      entry.fanout?.close();
+    }
   }
 
   /** Every fd and mapping, vCPUs first (each holds a reference on the VM), then the VM, then RAM. */
@@ -292,6 +325,7 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
     }
     this.mappings.forEach((m, label) => attempt(() => this.driver.munmap(m, `munmap guest memory label ${label}`)));
     this.mappings.length = 0;
+    for (const e of this.ioEvents.values()) attempt(() => e.fanout?.close());
     this.ioEvents.clear();
     if (errors.length > 0) throw errors[0];
   }
