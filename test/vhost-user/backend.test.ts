@@ -18,7 +18,7 @@ import { unixListen } from '../../native/unix-socket.ts';
 import { VhostUserBackend } from '../../transports/vhost-user/backend.ts';
 import {
   PROTOCOL_F_CONFIG, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK, PROTOCOL_F_RESET_DEVICE, Request,
-  VHOST_USER_F_PROTOCOL_FEATURES, bit, encodeMemoryTable, encodeVringState,
+  VHOST_USER_F_PROTOCOL_FEATURES, bit, encodeConfig, encodeMemoryTable, encodeVringState,
 } from '../../transports/vhost-user/protocol.ts';
 import { DriverQueue } from '../support/driver-queue.ts';
 import { FrontendMemory, VhostUserFrontend, kickAndCollect, nextCall } from '../support/vhost-user-frontend.ts';
@@ -261,6 +261,45 @@ test('block: GET_CONFIG reports the capacity; writes and reads reach the image f
     await s.done();
     device.close();
     rmSync(image);
+  }
+});
+
+test('RESET_DEVICE stops the rings and resets the device; the front-end can set it up again', async () => {
+  const s = await session(new RngDevice());
+  try {
+    await s.frontend.negotiate();
+    await s.frontend.setMemTable([s.memory]);
+    const q = new DriverQueue(s.memory.guest, { size: 8 });
+    let ring = await s.frontend.setupRing(0, q, s.memory);
+    q.addChain([{ writableLen: 8 }]);
+    assert.is((await kickAndCollect(q, ring, 1)).length, 1);
+    await s.frontend.acked(Request.RESET_DEVICE);
+    assert.is(s.backend.state.driverFeatures, 0n);
+    assert.not.ok(s.backend.state.isQueueRunning(0));
+    q.reset();
+    await s.frontend.negotiate();
+    ring = await s.frontend.setupRing(0, q, s.memory);
+    q.addChain([{ writableLen: 8 }]);
+    assert.equal((await kickAndCollect(q, ring, 1)).map((u) => u.len), [8]);
+    assert.equal(s.closes, []);
+  } finally {
+    await s.done();
+  }
+});
+
+test('SET_CONFIG reaches writable config fields only (console emerg_wr prints a byte)', async () => {
+  const printed: number[] = [];
+  const device = new ConsoleDevice({ input$: EMPTY, output: (b) => { printed.push(...b); }, close: () => {} });
+  const s = await session(device);
+  try {
+    await s.frontend.negotiate();
+    await s.frontend.acked(Request.SET_CONFIG, encodeConfig({ offset: 8, size: 4, flags: 0, data: new Uint8Array([0x41, 0, 0, 0]) }));
+    assert.equal(printed, [0x41]);
+    // cols is read-only: the write is ignored.
+    await s.frontend.acked(Request.SET_CONFIG, encodeConfig({ offset: 0, size: 2, flags: 0, data: new Uint8Array([1, 0]) }));
+    assert.equal(await s.frontend.getConfig(0, 4), new Uint8Array([80, 0, 25, 0]));
+  } finally {
+    await s.done();
   }
 });
 

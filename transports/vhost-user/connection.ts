@@ -8,6 +8,7 @@
 import type { Subscription } from 'rxjs';
 import { fromEventFd, type EventFd } from '../../framework/eventfd.ts';
 import type { GuestMemory } from '../../framework/guest-memory.ts';
+import { warn } from '../../framework/log.ts';
 import { watchFd, type FdWatch } from '../../native/fd-watch.ts';
 import * as libc from '../../native/libc.ts';
 import { sendWithFds } from '../../native/unix-socket.ts';
@@ -143,13 +144,18 @@ export class VhostUserConnection {
 
   private resume(): void {
     if (this.closing || this.watch) return;
-    this.watch = watchFd(this.socket, { readable: true }, (ev) => {
-      if (ev.error && !ev.readable) {
-        this.fail('socket error');
-        return;
-      }
-      this.pump();
-    });
+    try {
+      this.watch = watchFd(this.socket, { readable: true }, (ev) => {
+        if (ev.error && !ev.readable) {
+          this.fail('socket error');
+          return;
+        }
+        this.pump();
+      });
+    } catch (err) {
+      this.fail(`cannot watch the socket: ${describe(err)}`);
+      return;
+    }
     this.pump(); // bytes may already be waiting (messages that arrived while a request was pending)
   }
 
@@ -534,16 +540,21 @@ export class VhostUserConnection {
   private async teardown(close: ConnectionClose): Promise<void> {
     this.closeSocket();
     for (const fd of this.reader.discard()) closeQuietly(fd);
-    if (this.pending) await this.pending;
-    for (const ring of this.vrings) {
-      ring.started = false;
-      ring.resetSettings();
+    try {
+      if (this.pending) await this.pending;
+      for (const ring of this.vrings) {
+        ring.started = false;
+        ring.resetSettings();
+      }
+      await this.state.reset(); // stops the queues and waits for their in-flight I/O
+    } catch (err) {
+      warn(this.options.name, `device reset after disconnect failed: ${describe(err)}`);
+    } finally {
+      this.memoryTable?.unmap();
+      this.memoryTable = null;
+      for (const ring of this.vrings) ring.closeFds();
+      this.options.onClosed(close);
     }
-    await this.state.reset(); // stops the queues and waits for their in-flight I/O
-    this.memoryTable?.unmap();
-    this.memoryTable = null;
-    for (const ring of this.vrings) ring.closeFds();
-    this.options.onClosed(close);
   }
 
   private closeSocket(): void {
