@@ -103,7 +103,8 @@ export class MessageReader {
     if (got === null) return null;
     if (got.fds.length) this.fds.push(...got.fds);
     if (got.truncated || this.fds.length > MAX_FDS) {
-      protocolError('EPROTO', `${requestName(this.request)}: more than ${MAX_FDS} fds in one message`);
+      const what = this.headerBytes === HEADER_SIZE ? requestName(this.request) : 'message';
+      protocolError('EPROTO', `${what}: more than ${MAX_FDS} fds in one message`);
     }
     return got.bytes;
   }
