@@ -18,13 +18,13 @@ import { CONTROL, VCPU_STATE, type VcpuThreadData, type VcpuThreadMessage } from
 import { acquireVcpuThread, releaseVcpuThread, type VcpuThread } from './vcpu-thread-pool.ts';
 
 /**
- * Adaptive polling of handed-over exits, after KVM's halt polling: a thread that has just
- * handed over an exit (vCPU) or served one (main) keeps checking for the answer or the next
- * exit before it sleeps, because the two futex wake-ups of a sleeping hand-over cost more than
- * most MMIO handlers take. Each side grows its window (up to the maximum) when a sleep ended
- * sooner than the maximum or a poll succeeded, and halves it to zero when a poll fails, so it
- * polls only while that pays: never for an idle guest, and hardly when the two threads share
- * one core (where every poll would fail). 0 turns a side off.
+ * Polling of handed-over exits, as KVM polls before halting: a thread that has just handed
+ * over an exit (vCPU) or served one (main) keeps checking for the answer, or the next exit, for
+ * a few microseconds before it sleeps, because the two futex wake-ups of a sleeping hand-over
+ * cost more than most MMIO handlers take. Polling pays only when both threads have a core:
+ * after two polls in a row come back empty a side stops polling for the next 64 hand-overs,
+ * doubling up to 4096 while it keeps failing, so an idle guest or a shared core costs about
+ * one poll per thousands of exits. 0 turns a side off.
  */
 export interface ExitPolling {
   /** vCPU thread: longest wait for the main thread's answer before sleeping. Default 30 us. */
@@ -64,7 +64,8 @@ function installKickHandler(): void {
 const RUN_L = kvm.kvmRunLayout;
 const DEFAULT_POLL_MICROS = 30;
 const DEFAULT_BURST_MICROS = 1000;
-const POLL_MIN_MS = 0.002;
+const POLL_BACKOFF_MIN = 64;
+const POLL_BACKOFF_MAX = 4096;
 
 /** Atomics.waitAsync (ES2024, in Node since 16), typed here because the project's lib is ES2022. */
 const waitAsync = (Atomics as unknown as {
@@ -84,8 +85,9 @@ export class KvmVcpu implements Vcpu {
   private exited: Promise<void> = Promise.resolve();
   private closed = false;
   private readonly pollMax: number;
-  private pollWindow = 0;
-  private sleptSince = 0;
+  private pollSkip = 0;
+  private pollFailures = 0;
+  private pollBackoff = POLL_BACKOFF_MIN;
   private readonly burstMs: number;
   private readonly regsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_regs));
   private readonly sregsBuf = new Uint8Array(koffi.sizeof(kvm.kvm_sregs));
@@ -289,18 +291,12 @@ export class KvmVcpu implements Vcpu {
 
   /**
    * Serves every exit the thread hands over until it is done: after serving one it polls for
-   * the next (adaptive window, see ExitPolling) within a burst budget, else sleeps in
-   * Atomics.waitAsync; a burst that outlasts its budget yields to the event loop first.
+   * the next (see ExitPolling) within a burst budget, else sleeps in Atomics.waitAsync; a burst
+   * that outlasts its budget yields to the event loop first.
    */
   private readonly pump = (): void => {
     const ctl = this.ctl;
-    const now = performance.now();
-    if (this.sleptSince > 0) {
-      // Woken from a sleep: had the next exit come within the maximum, polling would have caught it.
-      if (this.pollMax > 0) this.pollWindow = now - this.sleptSince < this.pollMax ? Math.min(this.pollMax, Math.max(POLL_MIN_MS, this.pollWindow * 2)) : 0;
-      this.sleptSince = 0;
-    }
-    const burstEnd = now + this.burstMs;
+    const burstEnd = performance.now() + this.burstMs;
     for (;;) {
       const state = Atomics.load(ctl, CONTROL.STATE);
       if (state === VCPU_STATE.DONE) return;
@@ -312,22 +308,36 @@ export class KvmVcpu implements Vcpu {
         if (Atomics.load(ctl, CONTROL.STOP) === 0) this.serve();
         Atomics.store(ctl, CONTROL.STATE, VCPU_STATE.RUNNING);
         Atomics.notify(ctl, CONTROL.STATE);
-        if (this.pollWindow > 0) {
-          const until = Math.min(performance.now() + this.pollWindow, burstEnd);
-          while (Atomics.load(ctl, CONTROL.STATE) === VCPU_STATE.RUNNING && performance.now() < until);
-          if (Atomics.load(ctl, CONTROL.STATE) !== VCPU_STATE.RUNNING) this.pollWindow = Math.min(this.pollMax, this.pollWindow * 2);
-          else if ((this.pollWindow /= 2) < POLL_MIN_MS) this.pollWindow = 0;
-        }
+        this.pollForNextExit(burstEnd);
         continue;
       }
       const wait = waitAsync(ctl, CONTROL.STATE, VCPU_STATE.RUNNING);
       if (wait.async) {
-        this.sleptSince = performance.now();
         void wait.value.then(this.pump);
         return;
       }
     }
   };
+
+  /** Polls for the thread's next exit (see ExitPolling), backing off while polls fail. */
+  private pollForNextExit(burstEnd: number): void {
+    if (this.pollSkip > 0) {
+      this.pollSkip--;
+      return;
+    }
+    if (this.pollMax === 0) return;
+    const ctl = this.ctl;
+    const until = Math.min(performance.now() + this.pollMax, burstEnd);
+    while (Atomics.load(ctl, CONTROL.STATE) === VCPU_STATE.RUNNING && performance.now() < until);
+    if (Atomics.load(ctl, CONTROL.STATE) !== VCPU_STATE.RUNNING) {
+      this.pollFailures = 0;
+      this.pollBackoff = POLL_BACKOFF_MIN;
+    } else if (++this.pollFailures === 2) {
+      this.pollFailures = 0;
+      this.pollSkip = this.pollBackoff;
+      this.pollBackoff = Math.min(this.pollBackoff * 2, POLL_BACKOFF_MAX);
+    }
+  }
 
   private serve(): void {
     try {

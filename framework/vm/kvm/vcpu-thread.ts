@@ -6,10 +6,10 @@
 // it may use only its two arguments and globals; every constant arrives in `VcpuThreadData`.
 //
 // Protocol with the main thread, over one SharedArrayBuffer (the control block, CONTROL):
-// - MMIO exits and port I/O on claimed ports: the worker sets STATE = EXIT, polls for a while
-//   (adaptive, at most pollMs), then sleeps in Atomics.wait; the main thread (Atomics.waitAsync,
-//   then adaptive polling for the next exit itself, see KvmVcpu) serves the exit straight from
-//   its own view of the run page and sets STATE = RUNNING. Nothing is copied.
+// - MMIO exits and port I/O on claimed ports: the worker sets STATE = EXIT, polls for up to
+//   pollMs (backing off while polls fail), then sleeps in Atomics.wait; the main thread
+//   (Atomics.waitAsync, then polling for the next exit itself, see KvmVcpu) serves the exit
+//   straight from its own view of the run page and sets STATE = RUNNING. Nothing is copied.
 // - Port I/O on unclaimed ports: answered here (reads see all ones), no round trip.
 // - KVM_EXIT_INTR / EINTR: resumed unless STOP is set.
 // - Anything else: the loop ends and the worker posts { type: 'exit' }; the main thread reads
@@ -96,10 +96,13 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
     const o = d.offsets;
     const fd = d.vcpuFd;
     const request = d.kvmRun;
-    // Adaptive polling for the main thread's answer (see ExitPolling in kvm-vcpu.ts), in ms.
+    // Polling for the main thread's answer, with back-off (see ExitPolling in kvm-vcpu.ts).
     const pollMax = d.pollMs;
-    const POLL_MIN = 0.002;
-    let pollWindow = 0;
+    const POLL_BACKOFF_MIN = 64;
+    const POLL_BACKOFF_MAX = 4096;
+    let pollSkip = 0;
+    let pollFailures = 0;
+    let pollBackoff = POLL_BACKOFF_MIN;
 
     Atomics.store(ctl, C.TID, tid);
     const at = performance.timeOrigin + performance.now();
@@ -147,18 +150,21 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
       // cost more than most answers take), then sleep until it is served.
       Atomics.store(ctl, C.STATE, S.EXIT);
       Atomics.notify(ctl, C.STATE);
-      if (pollWindow > 0) {
-        const until = performance.now() + pollWindow;
+      if (pollSkip > 0) {
+        pollSkip--;
+      } else if (pollMax > 0) {
+        const until = performance.now() + pollMax;
         while (Atomics.load(ctl, C.STATE) === S.EXIT && performance.now() < until);
-        if (Atomics.load(ctl, C.STATE) !== S.EXIT) pollWindow = Math.min(pollMax, pollWindow * 2);
-        else if ((pollWindow /= 2) < POLL_MIN) pollWindow = 0;
+        if (Atomics.load(ctl, C.STATE) !== S.EXIT) {
+          pollFailures = 0;
+          pollBackoff = POLL_BACKOFF_MIN;
+        } else if (++pollFailures === 2) {
+          pollFailures = 0;
+          pollSkip = pollBackoff;
+          pollBackoff = Math.min(pollBackoff * 2, POLL_BACKOFF_MAX);
+        }
       }
-      if (Atomics.load(ctl, C.STATE) === S.EXIT) {
-        const slept = performance.now();
-        while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
-        // An answer that came within pollMax would have been caught by polling: grow.
-        if (pollMax > 0) pollWindow = performance.now() - slept < pollMax ? Math.min(pollMax, Math.max(POLL_MIN, pollWindow * 2)) : 0;
-      }
+      while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
     }
     Atomics.store(ctl, C.TID, 0);
     Atomics.store(ctl, C.STATE, S.DONE);
