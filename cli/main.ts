@@ -4,12 +4,17 @@
 import { existsSync } from 'node:fs';
 import { guestBuild } from './guest-image/command.ts';
 import { parseFlags, UsageError } from './args.ts';
+import { vhostUserCommand } from './vhost-user-command.ts';
 
 const USAGE = `usage: rxvirt <command> [options]
 
 commands:
   info        show what this host offers (hypervisors, tools) and what rxvirt can run here
   start       the main job: boot the example VM with console and block devices
+  vhost-user blk --socket PATH --image FILE [--readonly] [--serial ID]
+  vhost-user rng --socket PATH
+  vhost-user console --socket PATH [--to stdio|unix:PATH|file:PATH]
+              serve a device to a VMM (QEMU) over vhost-user until SIGINT/SIGTERM
   guest build [--force] [--print]
               build (or find cached) the guest Linux image: kernel + busybox initramfs
   help        this text
@@ -57,8 +62,10 @@ function main(argv: string[]): number | Promise<number> {
       return 0;
     case 'guest':
       return guest(rest);
+    case 'vhost-user':
+      return vhostUserCommand(rest);
     default:
-      throw new UsageError(`unknown command '${command}' (expected one of: info, start, guest, help)`);
+      throw new UsageError(`unknown command '${command}' (expected one of: info, start, vhost-user, guest, help)`);
   }
 }
 

@@ -27,6 +27,8 @@ export class DeviceQueue {
 
   private readonly kickSubject = new Subject<void>();
   private active = true;
+  /** False once stopping: no new chains are taken, in-flight ones may still complete. */
+  private accepting = true;
   private draining = false;
   private flushScheduled = false;
   private unpublished = 0;
@@ -55,12 +57,12 @@ export class DeviceQueue {
 
   /** Driver notification. */
   kick(): void {
-    if (this.active) this.kickSubject.next();
+    if (this.accepting) this.kickSubject.next();
   }
 
   /** Pull one available chain (for devices that wait for host data, e.g. console receive). */
   pop(): DescriptorChain | null {
-    if (!this.active) return null;
+    if (!this.accepting) return null;
     try {
       return this.ring.pop();
     } catch (err) {
@@ -117,12 +119,21 @@ export class DeviceQueue {
     return work;
   }
 
-  /** Stop serving: later completions are discarded. Resolves when tracked I/O has settled. */
-  async stop(): Promise<void> {
+  /**
+   * Stop serving. No chain is taken after this. With `drain`, requests already taken complete into the
+   * ring first (vhost-user GET_VRING_BASE: the frontend resumes exactly where we stopped); without it
+   * (device reset) their completions are discarded. Resolves once no I/O targets guest memory.
+   */
+  async stop(options: { drain?: boolean } = {}): Promise<void> {
+    this.accepting = false;
+    this.kickSubject.complete();
+    if (!options.drain) {
+      this.flush();
+      this.active = false;
+    }
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
     this.flush();
     this.active = false;
-    this.kickSubject.complete();
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
   }
 
   /** Requests whose I/O still targets guest memory. */
@@ -136,14 +147,14 @@ export class DeviceQueue {
   }
 
   private drain(emit: (chain: DescriptorChain) => void): void {
-    if (!this.active || this.draining) return;
+    if (!this.accepting || this.draining) return;
     this.draining = true;
     try {
       for (;;) {
         this.ring.disableNotifications();
         let chain: DescriptorChain | null;
-        while (this.active && (chain = this.ring.pop()) !== null) emit(chain);
-        if (!this.active || !this.ring.enableNotifications()) break;
+        while (this.accepting && (chain = this.ring.pop()) !== null) emit(chain);
+        if (!this.accepting || !this.ring.enableNotifications()) break;
       }
     } catch (err) {
       this.guestFault(err);
@@ -177,6 +188,7 @@ export class DeviceQueue {
       ? `${this.name}: ${err.message}`
       : `${this.name}: device handler failed: ${err instanceof Error ? err.message : String(err)}`;
     this.active = false;
+    this.accepting = false;
     this.host.needsReset(reason);
   }
 }

@@ -188,15 +188,18 @@ export class VirtioDeviceState implements DeviceQueueHost {
     return true;
   }
 
-  /** Stop queue `index`; resolves with its ring position once its in-flight work has settled. */
-  async stopQueue(index: number): Promise<{ nextAvail: number } | null> {
+  /**
+   * Stop queue `index`; resolves with its ring position once its in-flight work has settled.
+   * `drain` lets requests already taken complete into the ring (vhost-user); otherwise they are dropped (reset).
+   */
+  async stopQueue(index: number, options: { drain?: boolean } = {}): Promise<{ nextAvail: number } | null> {
     const run = this.running[index];
     if (!run) return null;
     this.running[index] = null;
     run.teardown.unsubscribe();
     this.stopping.add(run.queue);
     try {
-      await run.queue.stop();
+      await run.queue.stop(options);
     } finally {
       this.stopping.delete(run.queue);
     }

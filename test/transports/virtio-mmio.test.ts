@@ -254,6 +254,23 @@ test('reset waits for in-flight requests before status reads 0, and drops their 
   assert.is(device.resets, resetsBefore + 1);
 });
 
+test('stopping a queue with drain lets taken requests complete into the ring (vhost-user GET_VRING_BASE)', async () => {
+  const { driver, transport, device } = setup();
+  await driver.init();
+  const q = driver.queues[1]!;
+  device.slowMs = 10;
+  q.addChain([{ data: text('kept') }, { writableLen: 8 }]);
+  driver.notify(1);
+  await settle();
+  const stopped = await transport.state.stopQueue(1, { drain: true });
+  assert.equal(q.takeUsed().map((u) => str(u.written)), ['KEPT'], 'the in-flight request was completed, not lost');
+  assert.equal(stopped, { nextAvail: 1 });
+  q.addChain([{ data: text('later') }, { writableLen: 8 }]);
+  driver.notify(1);
+  await settle(20);
+  assert.is(q.usedIdx(), 1, 'a stopped queue takes nothing new');
+});
+
 test('async handlers complete out of order and all are published', async () => {
   const { driver, device } = setup();
   await driver.init();

@@ -494,7 +494,7 @@ export class VhostUserConnection {
     if (!ring.started) return;
     ring.started = false;
     this.state.queues[ring.index]!.ready = false;
-    const stopped = await this.state.stopQueue(ring.index);
+    const stopped = await this.state.stopQueue(ring.index, { drain: true });
     if (stopped) ring.base = stopped.nextAvail;
   }
 
