@@ -28,7 +28,6 @@ const SCR = 7;
 // IER bits.
 const IER_RDI = 0x01;
 const IER_THRI = 0x02;
-const IER_RLSI = 0x04;
 const IER_MSI = 0x08;
 // IIR values.
 const IIR_NONE = 0x01;
@@ -245,6 +244,3 @@ export class Uart16550 implements PortHandler {
     for (let i = 0; i < count && this.rxQueued > 0; i++) this.dequeue();
   }
 }
-
-/** IER bits, for guests and tests. */
-export const UART_IER = Object.freeze({ RDI: IER_RDI, THRI: IER_THRI, RLSI: IER_RLSI, MSI: IER_MSI });
