@@ -150,6 +150,8 @@ export class ModelVm {
   private readonly tickets: Ticket[] = [];
   private readonly unclaimed: Resource[] = [];
   private readonly watches = new Map<ModelIrqfd, FdWatch>();
+  /** What the driver and resource manager printed (dev_warn), for tests and diagnosis. */
+  readonly kernelLog: string[] = [];
   /** References: the VM fd plus one per vCPU fd. */
   refs = 1;
   freed = false;
@@ -217,30 +219,30 @@ export class ModelVm {
     // Share and lend every parcel (the host loses lent memory from here on).
     const dtb = this.dtbConfig;
     const mapping = this.findByAddr(dtb.guestPhysAddr, dtb.size & 0xffff_ffffn); // the size goes through a u32
-    if (!mapping) throw modelError('EINVAL', `${context} (no memory region holds the DTB)`);
+    if (!mapping) throw this.fail('EINVAL', context, 'Failed to find the memory_handle for DTB');
     const dtbOffset = dtb.guestPhysAddr - mapping.guestPhysAddr;
     if (dtbOffset < 0n || dtbOffset + dtb.size > mapping.size) {
-      throw modelError('EINVAL', `${context} (resource manager: the DTB does not fit in region ${mapping.label})`);
+      throw this.fail('EINVAL', context, `Failed to configure VM: the DTB does not fit in memory parcel ${mapping.label}`);
     }
     if (this.fwConfig) {
       const fw = this.fwConfig;
       const fwMapping = this.findByAddr(fw.guestPhysAddr, fw.size & 0xffff_ffffn);
       const fwOffset = fwMapping ? fw.guestPhysAddr - fwMapping.guestPhysAddr : -1n;
       if (!fwMapping || fwOffset < 0n || fwOffset + fw.size > fwMapping.size) {
-        throw modelError('EINVAL', `${context} (no memory region holds the pVM firmware)`);
+        throw this.fail('EINVAL', context, 'Failed to find the memory handle for pVM firmware');
       }
     }
     try {
       this.config = readVmConfig(mapping.bytes.subarray(Number(dtbOffset), Number(dtbOffset + dtb.size)));
     } catch (e) {
-      if (e instanceof RmConfigError) throw modelError('EINVAL', `${context} (resource manager: ${e.message})`);
+      if (e instanceof RmConfigError) throw this.fail('EINVAL', context, `Failed to initialize VM: resource manager: ${e.message}`);
       throw e;
     }
     this.status = 'RESET';
     for (const label of this.config.vcpus) this.addResource({ type: 'vcpu', label });
     for (const d of this.config.doorbells) this.addResource({ type: 'bell', label: d.label, bell: this.makeBell(d) });
     const rmError = this.kernel.options.rmStartError;
-    if (rmError) throw modelError(rmError, `${context} (resource manager: VM_START failed)`);
+    if (rmError) throw this.fail(rmError, context, 'Failed to start VM');
     this.status = 'RUNNING';
     this.boot = { entry: mapping.guestPhysAddr, x0: dtb.guestPhysAddr };
   }
@@ -434,6 +436,12 @@ export class ModelVm {
 
   // ---- internals ---------------------------------------------------------------------------
 
+  /** An error as the driver returns it (errno only), with its dev_warn() line in the kernel log. */
+  private fail(code: string, context: string, warning: string) {
+    this.kernelLog.push(`gh_vm_mgr: ${warning}`);
+    return modelError(code, context);
+  }
+
   private copyFromUser(argp: Uint8Array | number | bigint, size: number, context: string): Uint8Array {
     const address = argp instanceof Uint8Array ? this.kernel.space.addressOf(argp) : BigInt(argp);
     const bytes = this.kernel.space.copyFrom(address, size);
@@ -478,9 +486,10 @@ export class ModelVm {
       if (irqfd.bell) irqfd.bell.ring();
       else irqfd.premature++;
     };
+    // Referenced like any kernel wait: a VM left open keeps the test process alive (close it).
     this.watches.set(irqfd, watchFd(irqfd.fd, { readable: true }, (ev) => {
       if (!ev.error) ring();
-    }).unref());
+    }));
   }
 }
 
