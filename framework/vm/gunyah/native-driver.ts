@@ -33,6 +33,7 @@ class RunThread {
     if (this.busy) throw new NativeError(errnoNumber('EBUSY'), 'ioctl', `${context}: a run is already in progress`);
     const ctl = this.ctl;
     this.busy = true;
+    this.worker.ref(); // Atomics.waitAsync alone does not keep the event loop alive
     try {
       Atomics.store(ctl, RUN_SLOTS.CMD, RUN_CMD.RUN);
       Atomics.notify(ctl, RUN_SLOTS.CMD);
@@ -49,6 +50,7 @@ class RunThread {
       return r;
     } finally {
       this.busy = false;
+      this.worker.unref();
     }
   }
 
