@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { guestBuild } from './guest-image/command.ts';
 import { parseFlags, UsageError } from './args.ts';
 import { vhostUserCommand } from './vhost-user-command.ts';
+import { dtbCommand } from './dtb-command.ts';
 
 const USAGE = `usage: rxvirt <command> [options]
 
@@ -15,6 +16,8 @@ commands:
   vhost-user rng --socket PATH
   vhost-user console --socket PATH [--to stdio|unix:PATH|file:PATH]
               serve a device to a VMM (QEMU) over vhost-user until SIGINT/SIGTERM
+  dtb --hypervisor gunyah [--memory SIZE] [--disk PATH[,readonly][,serial=ID]]... [--console SPEC] [--rng] [--cmdline S] -o FILE
+              write the arm64 Gunyah guest device tree for inspection
   guest build [--force] [--print]
               build (or find cached) the guest Linux image: kernel + busybox initramfs
   help        this text
@@ -64,8 +67,10 @@ function main(argv: string[]): number | Promise<number> {
       return guest(rest);
     case 'vhost-user':
       return vhostUserCommand(rest);
+    case 'dtb':
+      return dtbCommand(rest);
     default:
-      throw new UsageError(`unknown command '${command}' (expected one of: info, start, vhost-user, guest, help)`);
+      throw new UsageError(`unknown command '${command}' (expected one of: info, start, vhost-user, dtb, guest, help)`);
   }
 }
 
