@@ -2,7 +2,9 @@
 // running, its run on a pooled thread (vcpu-thread.ts) and the serving of the exits that thread
 // hands over. MMIO exits go to the MmioBus and claimed port I/O to the PortBus, answered in
 // place in the run page while the thread waits; every other exit ends the run and becomes the
-// VM's outcome through the host. Serving allocates nothing for 1/2/4/8-byte accesses.
+// VM's outcome through the host, unless the host intercepts such exits (interceptExit: it may
+// complete one, with register access, and resume). Serving allocates nothing for 1/2/4/8-byte
+// accesses.
 
 import * as libc from '../../../native/libc.ts';
 import * as kvm from '../../../native/kvm.ts';
@@ -35,12 +37,23 @@ export interface ExitPolling {
   readonly burstMicros?: number;
 }
 
+/**
+ * Completes an exit the hypervisor could not (an instruction its emulator rejects...). It runs
+ * on the main thread while the vCPU thread waits, so the vCPU's registers may be read and set.
+ */
+export type ExitInterceptor = (exit: kvm.KvmExit, vcpu: KvmVcpu, memory: GuestMemory) => boolean;
+
 /** What a vCPU needs from its VM. */
 export interface KvmVcpuHost {
   readonly memory: GuestMemory;
   readonly mmio: MmioBus;
   readonly ports: PortBus;
   readonly exitPolling: ExitPolling;
+  /**
+   * Sees, on the main thread, every exit that would end a run (see KvmVmConfig.interceptExit):
+   * true = handled, the vCPU resumes; false = the exit ends the run as usual.
+   */
+  readonly interceptExit?: ExitInterceptor;
   /** The run ended by itself (outcome), or because it was asked to stop (null). */
   vcpuEnded(vcpu: KvmVcpu, outcome: VmOutcome | null): void;
 }
@@ -84,6 +97,8 @@ export class KvmVcpu implements Vcpu {
   private thread: VcpuThread | null = null;
   private exited: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Inside interceptExit: the thread waits, registers are accessible. */
+  private intercepting = false;
   private readonly pollMax: number;
   private pollSkip = 0;
   private pollFailures = 0;
@@ -202,6 +217,7 @@ export class KvmVcpu implements Vcpu {
       ioIn: kvm.KVM_EXIT_IO_IN,
       errno: { EINTR: koffi.os.errno.EINTR, EAGAIN: koffi.os.errno.EAGAIN },
       pollMs: (this.host.exitPolling.vcpuMicros ?? DEFAULT_POLL_MICROS) / 1000,
+      handOverEnds: this.host.interceptExit !== undefined,
       state: VCPU_STATE,
       layout: CONTROL,
     };
@@ -274,7 +290,7 @@ export class KvmVcpu implements Vcpu {
 
   private checkIdle(what: string): void {
     if (this.closed) throw new VmError('EBADF', `${what} vCPU ${this.id}: closed`);
-    if (this.thread) throw new VmError('EBUSY', `${what} vCPU ${this.id}: its thread is running`);
+    if (this.thread && !this.intercepting) throw new VmError('EBUSY', `${what} vCPU ${this.id}: its thread is running`);
   }
 
   /** The outcome of a run from its last word: null when it stopped because we asked. */
@@ -361,10 +377,24 @@ export class KvmVcpu implements Vcpu {
           const at = offset + i * size;
           this.host.ports.dispatch(port, isWrite, this.runBytes.subarray(at, at + size));
         }
+      } else {
+        this.intercept();
       }
     } catch (e) {
       // A device that throws is a host bug: end the VM rather than resume a guest in an unknown state.
       this.host.vcpuEnded(this, { kind: 'error', error: e instanceof Error ? e : new Error(String(e)) });
+    }
+  }
+
+  /** An exit that would end the run, handed over because the host intercepts them. */
+  private intercept(): void {
+    let handled = false;
+    this.intercepting = true;
+    try {
+      handled = this.host.interceptExit?.(kvm.readKvmExit(this.run), this, this.host.memory) ?? false;
+    } finally {
+      this.intercepting = false;
+      if (!handled) Atomics.store(this.ctl, CONTROL.END, 1);
     }
   }
 }

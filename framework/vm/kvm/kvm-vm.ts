@@ -19,7 +19,7 @@ import { PortBus } from '../x86/port-bus.ts';
 import type { Uart16550 } from '../x86/uart-16550.ts';
 import { KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, mapGuestRam, type KvmGuestRam } from './kvm-guest-ram.ts';
 import type { KvmHypervisor } from './kvm-hypervisor.ts';
-import { KvmVcpu, type ExitPolling, type KvmVcpuHost } from './kvm-vcpu.ts';
+import { KvmVcpu, type ExitInterceptor, type ExitPolling, type KvmVcpuHost } from './kvm-vcpu.ts';
 import { reserveVcpuThreads } from './vcpu-thread-pool.ts';
 
 export interface KvmVmConfig extends VmConfig, PcLegacyOptions {
@@ -30,6 +30,12 @@ export interface KvmVmConfig extends VmConfig, PcLegacyOptions {
   cpuid?: (entries: kvm.KvmCpuidEntry2[], vcpuId: number) => kvm.KvmCpuidEntry2[];
   /** Polling of MMIO/port exits handed to the main thread (see ExitPolling). */
   exitPolling?: ExitPolling;
+  /**
+   * Sees every exit that would end a vCPU's run (emulation failures, shutdowns...) before it
+   * does, on the main thread with the vCPU's registers accessible; returning true resumes the
+   * vCPU. For hosts whose KVM needs the VMM to complete instructions (see pvm-quirks.ts).
+   */
+  interceptExit?: ExitInterceptor;
 }
 
 export class KvmVm implements PortIoVm, KvmVcpuHost {
@@ -47,10 +53,12 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
   private legacy: PcLegacyDevices | null = null;
   private ram: KvmGuestRam | null = null;
   readonly exitPolling: ExitPolling;
+  readonly interceptExit?: ExitInterceptor;
 
   private constructor(private readonly hv: KvmHypervisor, readonly fd: number, private readonly config: KvmVmConfig) {
     this.outcome = new Promise((resolve) => { this.resolveOutcome = resolve; });
     this.exitPolling = config.exitPolling ?? {};
+    if (config.interceptExit) this.interceptExit = config.interceptExit;
   }
 
   /** KVM_CREATE_VM and the x86 platform: TSS and identity map, irqchip, PIT, RAM, vCPUs, COM1, i8042. */

@@ -13,7 +13,10 @@
 // - Port I/O on unclaimed ports: answered here (reads see all ones), no round trip.
 // - KVM_EXIT_INTR / EINTR: resumed unless STOP is set.
 // - Anything else: the loop ends and the worker posts { type: 'exit' }; the main thread reads
-//   the exit from the run page. STATE = DONE, then that message, end every run.
+//   the exit from the run page. STATE = DONE, then that message, end every run. With
+//   `handOverEnds` such exits are first handed over like MMIO exits (a VM that intercepts
+//   them, see KvmVmConfig.interceptExit): the main thread either resumes the vCPU or sets END,
+//   and then the run ends with that exit.
 // Stop: the main thread sets STOP and immediate_exit, then tgkill()s TID with a handled signal.
 
 import type koffiModule from 'koffi';
@@ -25,6 +28,8 @@ export const CONTROL = Object.freeze({
   STATE: 0,
   TID: 1,
   STOP: 2,
+  /** Set by the main thread while serving a handed-over exit: end the run with it. */
+  END: 3,
   INT32_SLOTS: 4,
   /** Float64 statistics start here (byte offset). */
   STATS_BYTE_OFFSET: 16,
@@ -57,6 +62,8 @@ export interface VcpuThreadData {
   errno: { EINTR: number; EAGAIN: number };
   /** Longest poll (ms) for the main thread's answer before sleeping in Atomics.wait; 0 = never poll. */
   pollMs: number;
+  /** Hand exits that would end the run to the main thread first (it may resume the vCPU). */
+  handOverEnds: boolean;
   state: typeof VCPU_STATE;
   layout: typeof CONTROL;
 }
@@ -105,6 +112,7 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
     let pollBackoff = POLL_BACKOFF_MIN;
 
     Atomics.store(ctl, C.TID, tid);
+    Atomics.store(ctl, C.END, 0);
     const at = performance.timeOrigin + performance.now();
     stats[C.FIRST_ENTRY_AT] = at;
     port.postMessage({ type: 'started', tid, at } satisfies VcpuThreadMessage);
@@ -142,7 +150,7 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
       } else if (reason === d.exits.intr || reason === d.exits.irqWindowOpen) {
         stats[C.INTERRUPTED]!++;
         continue;
-      } else {
+      } else if (!d.handOverEnds) {
         end = { type: 'exit' };
         break;
       }
@@ -165,6 +173,10 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
         }
       }
       while (Atomics.load(ctl, C.STATE) === S.EXIT) Atomics.wait(ctl, C.STATE, S.EXIT);
+      if (Atomics.load(ctl, C.END) !== 0) {
+        end = { type: 'exit' };
+        break;
+      }
     }
     Atomics.store(ctl, C.TID, 0);
     Atomics.store(ctl, C.STATE, S.DONE);
