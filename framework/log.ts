@@ -17,10 +17,13 @@ export function setLogSink(next: LogSink | null): void {
   sink = next;
 }
 
-export function warn(scope: string, message: string): void {
-  sink?.('warn', scope, message);
+/** A message may be a thunk, so guest-triggered paths build no string while logging is off. */
+export type LogMessage = string | (() => string);
+
+export function warn(scope: string, message: LogMessage): void {
+  if (sink) sink('warn', scope, typeof message === 'string' ? message : message());
 }
 
-export function debug(scope: string, message: string): void {
-  sink?.('debug', scope, message);
+export function debug(scope: string, message: LogMessage): void {
+  if (sink) sink('debug', scope, typeof message === 'string' ? message : message());
 }

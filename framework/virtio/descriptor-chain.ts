@@ -13,6 +13,7 @@ export type VirtqueueFault =
   // available ring
   | 'avail index jump'
   | 'head out of range'
+  | 'more chains in flight than the queue size'
   // descriptor walk
   | 'next out of range'
   | 'chain too long'

@@ -2,10 +2,11 @@
 // descriptor chains as observables, `complete()` to hand a chain back. The queue
 // batches used-ring publication (one used.idx store and at most one interrupt
 // per drain or per microtask of async completions), honours notification
-// suppression, and turns a malformed ring into DEVICE_NEEDS_RESET instead of an
-// exception in the event loop.
+// suppression, bounds what a guest can make it do (at most queue-size chains in
+// flight, at most queue-size chains per event-loop turn), and turns a malformed
+// ring into DEVICE_NEEDS_RESET instead of an exception in the event loop.
 
-import { Observable, Subject, Subscription } from 'rxjs';
+import { Observable, Subject, Subscription, type Subscriber } from 'rxjs';
 import { DescriptorChain, VirtqueueError } from './descriptor-chain.ts';
 import type { SplitQueue } from './split-queue.ts';
 import { GuestMemoryError } from '../guest-memory.ts';
@@ -26,13 +27,18 @@ export class DeviceQueue {
   readonly chains$: Observable<DescriptorChain>;
 
   private readonly kickSubject = new Subject<void>();
+  /** Completions are published to the ring. */
   private active = true;
-  /** False once stopping: no new chains are taken, in-flight ones may still complete. */
+  /** Chains are taken from the ring. False once stopping; in-flight ones may still complete (drain). */
   private accepting = true;
   private draining = false;
   private flushScheduled = false;
   private unpublished = 0;
-  private readonly inFlight = new Set<Promise<unknown>>();
+  /** Chains taken from the ring and not yet completed: never more than the queue size. */
+  private taken = 0;
+  /** Async work that may still touch guest memory (serve handlers, track()). */
+  private pendingIo = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
     readonly index: number,
@@ -44,9 +50,8 @@ export class DeviceQueue {
   ) {
     this.kicks$ = this.kickSubject.asObservable();
     this.chains$ = new Observable<DescriptorChain>((subscriber) => {
-      const emit = (chain: DescriptorChain) => subscriber.next(chain);
-      const sub = this.kickSubject.subscribe(() => this.drain(emit));
-      this.drain(emit);
+      const sub = this.kickSubject.subscribe(() => this.drain(subscriber));
+      this.drain(subscriber);
       return sub;
     });
   }
@@ -64,7 +69,7 @@ export class DeviceQueue {
   pop(): DescriptorChain | null {
     if (!this.accepting) return null;
     try {
-      return this.ring.pop();
+      return this.take();
     } catch (err) {
       this.guestFault(err);
       return null;
@@ -73,6 +78,7 @@ export class DeviceQueue {
 
   /** Return `chain` to the driver with `len` bytes written into its writable buffers. */
   complete(chain: DescriptorChain, len: number): void {
+    if (this.taken > 0) this.taken--;
     if (!this.active) return; // reset happened meanwhile: the ring belongs to the next driver
     try {
       this.ring.pushUsed(chain.head, len, false);
@@ -104,18 +110,24 @@ export class DeviceQueue {
         this.complete(chain, result);
         return;
       }
-      this.track(result.then(
-        (len) => this.complete(chain, len),
-        (err) => this.guestFault(err),
-      ));
+      this.pendingIo++;
+      result.then(
+        (len) => {
+          this.complete(chain, len);
+          this.ioSettled();
+        },
+        (err) => {
+          this.guestFault(err);
+          this.ioSettled();
+        },
+      );
     });
   }
 
-  /** Keep the queue's reset waiting until `work` settles (I/O that still targets guest memory). */
+  /** Keep the queue's stop (and the device's reset) waiting until `work` settles. */
   track<T>(work: Promise<T>): Promise<T> {
-    const settled = work.finally(() => this.inFlight.delete(settled));
-    settled.catch(() => {});
-    this.inFlight.add(settled);
+    this.pendingIo++;
+    work.then(this.ioSettledTask, this.ioSettledTask);
     return work;
   }
 
@@ -131,14 +143,14 @@ export class DeviceQueue {
       this.flush();
       this.active = false;
     }
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    if (this.pendingIo > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     this.flush();
     this.active = false;
   }
 
   /** Requests whose I/O still targets guest memory. */
   get inFlightCount(): number {
-    return this.inFlight.size;
+    return this.pendingIo;
   }
 
   /** Ring state for vhost-user GET_VRING_BASE. */
@@ -146,15 +158,36 @@ export class DeviceQueue {
     return this.ring.nextAvail;
   }
 
-  private drain(emit: (chain: DescriptorChain) => void): void {
-    if (!this.accepting || this.draining) return;
+  private take(): DescriptorChain | null {
+    if (this.taken >= this.ring.size && this.ring.availableCount() > 0) {
+      // Only possible if the driver re-offered heads it has not got back: QEMU calls this "Virtqueue size exceeded".
+      throw new VirtqueueError('more chains in flight than the queue size', `${this.taken} taken, size ${this.ring.size}`);
+    }
+    const chain = this.ring.pop();
+    if (chain !== null) this.taken++;
+    return chain;
+  }
+
+  /** Take available chains: at most one queue's worth per event-loop turn, so one guest cannot starve the loop. */
+  private drain(subscriber: Subscriber<DescriptorChain>): void {
+    if (!this.accepting || this.draining || subscriber.closed) return;
     this.draining = true;
+    let budget = this.ring.size;
+    let more = false;
     try {
       for (;;) {
         this.ring.disableNotifications();
         let chain: DescriptorChain | null;
-        while (this.accepting && (chain = this.ring.pop()) !== null) emit(chain);
-        if (!this.accepting || !this.ring.enableNotifications()) break;
+        while (this.accepting && budget > 0 && (chain = this.take()) !== null) {
+          budget--;
+          subscriber.next(chain);
+        }
+        if (!this.accepting) break;
+        if (budget === 0) {
+          more = true; // notifications stay disabled: we come back on our own
+          break;
+        }
+        if (!this.ring.enableNotifications()) break;
       }
     } catch (err) {
       this.guestFault(err);
@@ -162,12 +195,22 @@ export class DeviceQueue {
       this.draining = false;
     }
     this.flush();
+    if (more) setImmediate(() => this.drain(subscriber));
   }
 
   private readonly flushTask = () => {
     this.flushScheduled = false;
     this.flush();
   };
+
+  private readonly ioSettledTask = () => this.ioSettled();
+
+  private ioSettled(): void {
+    if (--this.pendingIo > 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
 
   private flush(): void {
     if (this.unpublished === 0 || !this.active) return;

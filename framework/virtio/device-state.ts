@@ -59,7 +59,8 @@ export class VirtioDeviceState implements DeviceQueueHost {
   private statusBits = 0;
   private resetInProgress: Promise<void> | null = null;
   private readonly running: (RunningQueue | null)[];
-  private readonly stopping = new Set<DeviceQueue>();
+  /** Queues stopped but whose in-flight I/O has not settled yet. */
+  private readonly stopping = new Map<number, { queue: DeviceQueue; done: Promise<void> }>();
 
   constructor(readonly device: VirtioDevice, private readonly options: DeviceStateOptions) {
     const transport = options.transportFeatures ?? DEFAULT_TRANSPORT_FEATURES;
@@ -114,7 +115,7 @@ export class VirtioDeviceState implements DeviceQueueHost {
     if (this.resetInProgress) return; // the driver must wait for status to read 0
     const old = this.statusBits;
     if ((value & old) !== old) {
-      warn(this.name, `driver cleared status bits (0x${old.toString(16)} -> 0x${value.toString(16)}): ignored`);
+      warn(this.name, () => `driver cleared status bits (0x${old.toString(16)} -> 0x${value.toString(16)}): ignored`);
       return;
     }
     let added = value & ~old & ~STATUS_DEVICE_NEEDS_RESET; // only the device sets NEEDS_RESET
@@ -136,9 +137,9 @@ export class VirtioDeviceState implements DeviceQueueHost {
       if (this.options.legacy) this.device.onFeatures(this.accepted);
     }
     this.statusBits = old | added;
-    if (added & STATUS_DRIVER_OK && !(this.statusBits & STATUS_DEVICE_NEEDS_RESET)) {
+    if (added & STATUS_DRIVER_OK) {
       for (let i = 0; i < this.queues.length; i++) {
-        if (this.queues[i]!.ready) this.startQueue(i);
+        if (this.queues[i]!.ready && !this.startQueue(i)) break; // the device needs a reset: start nothing more
       }
     }
   }
@@ -153,6 +154,7 @@ export class VirtioDeviceState implements DeviceQueueHost {
     const settings = this.queues[index];
     const memory = this.memory;
     if (!settings || this.running[index] || !memory) return false;
+    if (this.statusBits & (STATUS_DEVICE_NEEDS_RESET | STATUS_FAILED)) return false;
     if (settings.size === 0 || settings.size > settings.maxSize) {
       this.needsReset(`queue ${index}: size ${settings.size} not in 1..${settings.maxSize}`);
       return false;
@@ -193,15 +195,21 @@ export class VirtioDeviceState implements DeviceQueueHost {
    * `drain` lets requests already taken complete into the ring (vhost-user); otherwise they are dropped (reset).
    */
   async stopQueue(index: number, options: { drain?: boolean } = {}): Promise<{ nextAvail: number } | null> {
+    const stopping = this.stopping.get(index);
+    if (stopping) {
+      await stopping.done; // stopped earlier (e.g. by DEVICE_NEEDS_RESET): its I/O may still be running
+      return { nextAvail: stopping.queue.nextAvail };
+    }
     const run = this.running[index];
     if (!run) return null;
     this.running[index] = null;
     run.teardown.unsubscribe();
-    this.stopping.add(run.queue);
+    const done = run.queue.stop(options);
+    this.stopping.set(index, { queue: run.queue, done });
     try {
-      await run.queue.stop(options);
+      await done;
     } finally {
-      this.stopping.delete(run.queue);
+      if (this.stopping.get(index)?.done === done) this.stopping.delete(index);
     }
     return { nextAvail: run.queue.nextAvail };
   }
@@ -235,11 +243,12 @@ export class VirtioDeviceState implements DeviceQueueHost {
       this.statusBits = 0;
       this.resetInProgress = null;
     };
-    if (![...this.stopping].some((q) => q.inFlightCount > 0)) {
+    const busy = [...this.stopping.values()];
+    if (!busy.some((s) => s.queue.inFlightCount > 0)) {
       finish(); // nothing touches guest memory any more: reset is immediate
       return Promise.resolve();
     }
-    const done = Promise.allSettled([...stopped, ...[...this.stopping].map((q) => q.stop())]).then(finish);
+    const done = Promise.allSettled([...stopped, ...busy.map((s) => s.done)]).then(finish);
     this.resetInProgress = done;
     return done;
   }
@@ -254,7 +263,7 @@ export class VirtioDeviceState implements DeviceQueueHost {
   }
 
   private refuse(value: number, why: string): void {
-    warn(this.name, `status 0x${value.toString(16)} refused: ${why}`);
+    warn(this.name, () => `status 0x${value.toString(16)} refused: ${why}`);
   }
 }
 

@@ -30,6 +30,7 @@ class EchoDevice extends VirtioDevice {
     queue('echoq', 128, (q) => q.serve((chain) => this.echo(chain))),
     queue('slowq', 64, (q) => q.serve(async (chain) => {
       await new Promise((r) => setTimeout(r, this.slowMs));
+      this.slowDone++;
       return this.echo(chain);
     })),
   ];
@@ -43,7 +44,12 @@ class EchoDevice extends VirtioDevice {
     this.resets++;
   }
 
+  /** Called for every chain served on echoq (tests use it to play a racing vCPU). */
+  onEcho: (() => void) | null = null;
+  slowDone = 0;
+
   private echo(chain: DescriptorChain): number {
+    this.onEcho?.();
     const data = chain.reader().bytes(chain.readableBytes);
     if (this.upper) for (let i = 0; i < data.length; i++) if (data[i]! >= 97 && data[i]! <= 122) data[i]! -= 32;
     return chain.writer().write(data);
@@ -213,19 +219,20 @@ test('a malformed chain sets DEVICE_NEEDS_RESET and raises a config interrupt; r
 });
 
 test('ring addresses outside guest memory are refused with DEVICE_NEEDS_RESET at DRIVER_OK', async () => {
-  const { driver } = setup();
+  const { driver, transport } = setup();
   await driver.reset();
   driver.status = STATUS_ACKNOWLEDGE;
   driver.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
   driver.writeDriverFeatures(featureBits(VIRTIO_F_VERSION_1));
   driver.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
   driver.setupQueues();
-  driver.write32(R.QUEUE_SEL, 1);
+  driver.write32(R.QUEUE_SEL, 0);
   driver.write32(R.QUEUE_READY, 0);
   driver.writeAddress(R.QUEUE_DESC_LOW, 2 ** 40);
   driver.write32(R.QUEUE_READY, 1);
   driver.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
   assert.is(driver.status & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
+  assert.not.ok(transport.state.isQueueRunning(1), 'the healthy queue after the broken one was not started either');
 });
 
 test('queue registers are frozen while the queue is ready', async () => {
@@ -269,6 +276,51 @@ test('stopping a queue with drain lets taken requests complete into the ring (vh
   driver.notify(1);
   await settle(20);
   assert.is(q.usedIdx(), 1, 'a stopped queue takes nothing new');
+});
+
+test('a driver that re-offers heads it has not got back is stopped at queue-size chains in flight', async () => {
+  const { driver, transport } = setup();
+  await driver.init();
+  const q = driver.queues[1]!; // slow queue: nothing completes while we flood it
+  const head = q.addChain([{ data: text('dup') }, { writableLen: 8 }]);
+  for (let i = 0; i < q.size + 8; i++) q.offer(head);
+  driver.notify(1);
+  await settle();
+  assert.is(driver.status & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
+  assert.ok(transport.state.queues[1]!.size === q.size);
+});
+
+test('one notification never holds the event loop for more than a queue of chains', async () => {
+  const { driver, device } = setup();
+  await driver.init();
+  const q = driver.queues[0]!;
+  const head = q.addChain([{ data: text('again') }, { writableLen: 8 }]);
+  let served = 0;
+  device.onEcho = () => {
+    served++;
+    if (served < 5000) q.offer(head); // a vCPU racing the device, re-posting as fast as it completes
+  };
+  driver.notify(0);
+  const inFirstTurn = served;
+  assert.ok(inFirstTurn <= q.size, `served ${inFirstTurn} chains in one turn (queue size ${q.size})`);
+  const timerRan = await new Promise<number>((r) => setTimeout(() => r(served), 0));
+  assert.ok(timerRan < 5000, 'a timer got to run before the flood ended');
+  for (let i = 0; i < 200 && served < 5000; i++) await settle(1);
+  assert.is(served, 5000, 'the device still serves everything, one turn at a time');
+});
+
+test('after DEVICE_NEEDS_RESET no queue starts, and stopping a failed queue waits for its I/O', async () => {
+  const { driver, transport, device } = setup();
+  await driver.init();
+  const q = driver.queues[1]!;
+  q.addChain([{ data: text('slow') }, { writableLen: 8 }]);
+  driver.notify(1);
+  await settle();
+  transport.state.needsReset('test');
+  assert.not.ok(transport.state.startQueue(1), 'a device that needs reset starts no queue');
+  const done = device.slowDone;
+  await transport.state.stopQueue(1);
+  assert.is(device.slowDone, done + 1, 'stopQueue resolved only after the in-flight request settled');
 });
 
 test('async handlers complete out of order and all are published', async () => {

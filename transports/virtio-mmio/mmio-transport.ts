@@ -171,7 +171,7 @@ export class VirtioMmioTransport implements MmioHandler {
       case R.LEGACY_QUEUE_PFN: if (this.legacy && q) this.setLegacyPfn(sel, value); return;
       default:
         this.badAccesses++;
-        warn(this.state.name, `write 0x${value.toString(16)} to read-only or reserved register 0x${offset.toString(16)} ignored`);
+        warn(this.state.name, () => `write 0x${value.toString(16)} to read-only or reserved register 0x${offset.toString(16)} ignored`);
     }
   }
 
