@@ -1,0 +1,55 @@
+// Transport-free driver for fuzzing one device over FuzzMemory (observer + canaries): the
+// device kit's state machine brought to DRIVER_OK with every offered feature (or a given
+// set), one DriverQueue per device queue laid out in RAM, kicks, and the interrupts raised.
+
+import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../../framework/virtio/constants.ts';
+import type { VirtioDevice } from '../../framework/virtio/device.ts';
+import { VirtioDeviceState } from '../../framework/virtio/device-state.ts';
+import { DriverQueue } from './driver-queue.ts';
+import type { FuzzMemory } from './fuzz-memory.ts';
+
+export class FuzzHarness {
+  readonly state: VirtioDeviceState;
+  readonly queues: DriverQueue[];
+  readonly usedInterrupts: number[];
+  configInterrupts = 0;
+
+  /** RAM [0, ramSize) of `memory` is split evenly between the queues. */
+  constructor(readonly device: VirtioDevice, readonly memory: FuzzMemory, ramSize: number,
+    options: { queueSize?: number; features?: bigint } = {}) {
+    const n = device.queues.length;
+    const share = Math.floor(ramSize / n / 4096) * 4096;
+    this.queues = device.queues.map((q, i) => new DriverQueue(memory.mem, {
+      size: Math.min(options.queueSize ?? 64, q.maxSize), base: i * share, dataEnd: (i + 1) * share,
+    }));
+    this.usedInterrupts = device.queues.map(() => 0);
+    this.state = new VirtioDeviceState(device, {
+      memory: () => memory.mem,
+      interrupts: {
+        usedBuffer: (i) => { this.usedInterrupts[i]!++; },
+        configChange: () => { this.configInterrupts++; },
+      },
+      name: `fuzz-${device.type}`,
+    });
+    const features = options.features ?? this.state.offeredFeatures;
+    const s = this.state;
+    s.writeStatus(STATUS_ACKNOWLEDGE);
+    s.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    s.writeDriverFeatures(0, Number(features & 0xffff_ffffn));
+    s.writeDriverFeatures(1, Number(features >> 32n));
+    s.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    if (!(s.status & STATUS_FEATURES_OK)) throw new Error(`device refused features 0x${features.toString(16)}`);
+    this.queues.forEach((dq, i) => Object.assign(s.queues[i]!, {
+      size: dq.size, descTable: dq.descTable, availRing: dq.availRing, usedRing: dq.usedRing, ready: true,
+    }));
+    s.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  }
+
+  get status(): number {
+    return this.state.status;
+  }
+
+  kick(i: number): void {
+    this.state.notify(i);
+  }
+}
