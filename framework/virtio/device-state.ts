@@ -57,7 +57,8 @@ export class VirtioDeviceState implements DeviceQueueHost {
   readonly name: string;
   private accepted = 0n;
   private statusBits = 0;
-  private resetInProgress: Promise<void> | null = null;
+  /** Settles when I/O from before the last reset no longer targets guest memory; queues start after it. */
+  private quiescing: Promise<void> | null = null;
   private readonly running: (RunningQueue | null)[];
   /** Queues stopped but whose in-flight I/O has not settled yet. */
   private readonly stopping = new Map<number, { queue: DeviceQueue; done: Promise<void> }>();
@@ -77,7 +78,7 @@ export class VirtioDeviceState implements DeviceQueueHost {
     return this.options.memory();
   }
 
-  /** Device status as the driver reads it: the old value until a requested reset has finished. */
+  /** Device status as the driver reads it. */
   get status(): number {
     return this.statusBits;
   }
@@ -86,8 +87,9 @@ export class VirtioDeviceState implements DeviceQueueHost {
     return this.accepted;
   }
 
-  get isResetting(): boolean {
-    return this.resetInProgress !== null;
+  /** True while I/O taken before the last reset is still settling (queues wait for it to start). */
+  get isQuiescing(): boolean {
+    return this.quiescing !== null;
   }
 
   /** 32-bit word `select` of the driver's accepted features; ignored once FEATURES_OK is set. */
@@ -112,7 +114,6 @@ export class VirtioDeviceState implements DeviceQueueHost {
       void this.reset();
       return;
     }
-    if (this.resetInProgress) return; // the driver must wait for status to read 0
     const old = this.statusBits;
     if ((value & old) !== old) {
       warn(this.name, () => `driver cleared status bits (0x${old.toString(16)} -> 0x${value.toString(16)}): ignored`);
@@ -155,6 +156,14 @@ export class VirtioDeviceState implements DeviceQueueHost {
     const memory = this.memory;
     if (!settings || this.running[index] || !memory) return false;
     if (this.statusBits & (STATUS_DEVICE_NEEDS_RESET | STATUS_FAILED)) return false;
+    if (this.quiescing) {
+      // Requests from before the reset still write into guest memory: start once they have settled.
+      const after = this.quiescing;
+      void after.then(() => {
+        if (this.quiescing === null && this.queues[index] === settings && !this.running[index]) this.startQueue(index, position);
+      });
+      return true;
+    }
     if (settings.size === 0 || settings.size > settings.maxSize) {
       this.needsReset(`queue ${index}: size ${settings.size} not in 1..${settings.maxSize}`);
       return false;
@@ -195,13 +204,13 @@ export class VirtioDeviceState implements DeviceQueueHost {
    * `drain` lets requests already taken complete into the ring (vhost-user); otherwise they are dropped (reset).
    */
   async stopQueue(index: number, options: { drain?: boolean } = {}): Promise<{ nextAvail: number } | null> {
-    const stopping = this.stopping.get(index);
-    if (stopping) {
+    const run = this.running[index];
+    if (!run) {
+      const stopping = this.stopping.get(index);
+      if (!stopping) return null;
       await stopping.done; // stopped earlier (e.g. by DEVICE_NEEDS_RESET): its I/O may still be running
       return { nextAvail: stopping.queue.nextAvail };
     }
-    const run = this.running[index];
-    if (!run) return null;
     this.running[index] = null;
     run.teardown.unsubscribe();
     const done = run.queue.stop(options);
@@ -232,25 +241,24 @@ export class VirtioDeviceState implements DeviceQueueHost {
     if (this.statusBits & STATUS_DRIVER_OK) this.options.interrupts.configChange();
   }
 
-  /** Full device reset; status keeps its old value until in-flight I/O has settled, then reads 0. */
+  /**
+   * Full device reset. Status reads 0 at once (Linux's virtio-mmio never waits for it). Requests in
+   * flight are dropped; their I/O cannot be cancelled, so queues started before it settles wait for
+   * it. The promise settles when nothing from before the reset touches guest memory any more.
+   */
   reset(): Promise<void> {
-    if (this.resetInProgress) return this.resetInProgress;
     const stopped = this.running.map((_, i) => this.stopQueue(i));
-    const finish = () => {
-      this.accepted = 0n;
-      for (let i = 0; i < this.queues.length; i++) this.queues[i] = freshQueueSettings(this.queues[i]!.maxSize);
-      this.device.onReset();
-      this.statusBits = 0;
-      this.resetInProgress = null;
-    };
-    const busy = [...this.stopping.values()];
-    if (!busy.some((s) => s.queue.inFlightCount > 0)) {
-      finish(); // nothing touches guest memory any more: reset is immediate
-      return Promise.resolve();
-    }
-    const done = Promise.allSettled([...stopped, ...busy.map((s) => s.done)]).then(finish);
-    this.resetInProgress = done;
-    return done;
+    const busy = [...this.stopping.values()].filter((s) => s.queue.inFlightCount > 0);
+    this.accepted = 0n;
+    for (let i = 0; i < this.queues.length; i++) this.queues[i] = freshQueueSettings(this.queues[i]!.maxSize);
+    this.device.onReset();
+    this.statusBits = 0;
+    if (busy.length === 0) return this.quiescing ?? Promise.resolve();
+    const quiesced: Promise<void> = Promise.allSettled([...stopped, ...busy.map((s) => s.done), this.quiescing]).then(() => {
+      if (this.quiescing === quiesced) this.quiescing = null;
+    });
+    this.quiescing = quiesced;
+    return quiesced;
   }
 
   private stopAllQueues(): void {
