@@ -85,7 +85,7 @@ export interface RunOptions {
   onFailure?: (failure: FuzzFailure) => void;
   /** Stop after this many failures (default 20: the seeds are what matter). */
   maxFailures?: number;
-  /** Watchdog: no case may run longer than this, or the process is killed (default 30 s). */
+  /** Watchdog: no case may run longer than this, or the process is killed (default 10 s). */
   hangMs?: number;
 }
 
@@ -118,7 +118,7 @@ export async function runTarget<C>(target: FuzzTarget<C>, options: RunOptions): 
   const onRejection = (err: unknown) => stray.push(`unhandled rejection: ${describe(err)}`);
   process.on('uncaughtException', onUncaught);
   process.on('unhandledRejection', onRejection);
-  const watchdog = new Watchdog(target.name, options.hangMs ?? 30_000);
+  const watchdog = new Watchdog(target.name, options.hangMs ?? 10_000);
   // Hostile inputs make the code under test build thousands of errors; deep stacks are not needed to name a seed.
   const stackTraceLimit = Error.stackTraceLimit;
   Error.stackTraceLimit = 4;
