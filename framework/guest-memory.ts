@@ -6,6 +6,9 @@
 // Rule: one access lies inside ONE region. A range that crosses a region's end is refused
 // as 'unmapped' even when the next region is contiguous in guest-physical space, because a
 // single zero-copy view cannot span two host mappings (rust-vmm's contiguous-slice rule).
+// The one exception is `slices`, for guest buffers (descriptors): a range over regions that
+// touch in guest-physical space comes back as one view per region, as QEMU and rust-vmm
+// split such a buffer into several iovecs.
 
 /** Why a guest-memory access was refused. */
 export type GuestMemoryFault = 'unmapped' | 'inaccessible' | 'overflow' | 'readonly';
@@ -130,6 +133,26 @@ export class GuestMemory {
     return this.views[i]!.subarray(off, off + len);
   }
 
+  /**
+   * Zero-copy views of [addr, addr+len), one per region, for a range that may run over
+   * regions touching in guest-physical space (a guest buffer; not for fixed-width fields).
+   * Every region must allow the access; throws GuestMemoryError otherwise. An empty range
+   * gives one empty view, with the rules of `slice`.
+   */
+  slices(addr: number, len: number, write = false): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    const reason = this.span(addr, len, write, out);
+    if (reason !== null) throw new GuestMemoryError(addr, len, reason);
+    if (this.observer !== undefined) {
+      let at = addr;
+      for (const v of out) {
+        this.observer(at, v.length, write);
+        at += v.length;
+      }
+    }
+    return out;
+  }
+
   isValid(addr: number, len: number, write = false): boolean {
     return this.locate(addr, len, write) >= 0;
   }
@@ -234,6 +257,27 @@ export class GuestMemory {
       }
     }
     return -1;
+  }
+
+  /** Views of a range over touching regions appended to `out`, or why it is refused (out is then partial). */
+  private span(addr: number, len: number, write: boolean, out: Uint8Array[]): GuestMemoryFault | null {
+    if (!(addr >= 0 && len >= 0 && addr + len <= MAX_ADDR) || !Number.isInteger(addr) || !Number.isInteger(len)) {
+      return 'overflow';
+    }
+    let i = this.regionFor(addr, len);
+    if (i < 0) return 'unmapped';
+    const end = addr + len;
+    let at = addr;
+    for (;;) {
+      if (!this.accessible[i]) return 'inaccessible';
+      if (write && this.readOnly[i]) return 'readonly';
+      const stop = Math.min(end, this.ends[i]!);
+      const off = at - this.bases[i]!;
+      out.push(this.views[i]!.subarray(off, off + (stop - at)));
+      if (stop === end) return null;
+      at = stop;
+      if (++i === this.bases.length || this.bases[i] !== at) return 'unmapped';
+    }
   }
 
   private diagnose(addr: number, len: number, write: boolean): GuestMemoryFault {

@@ -54,7 +54,10 @@ export class DescriptorChain {
   constructor(
     /** Head descriptor index: the id of the used-ring element. */
     readonly head: number,
-    /** Device-readable buffers in chain order (zero-length descriptors contribute none). */
+    /**
+     * Device-readable buffers in chain order: one view per descriptor, none for a zero-length
+     * one, one per region for a buffer over guest-physically touching regions.
+     */
     readonly readable: readonly Uint8Array[],
     /** Device-writable buffers in chain order. */
     readonly writable: readonly Uint8Array[],

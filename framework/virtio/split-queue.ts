@@ -9,12 +9,16 @@
 // arm64 is weakly ordered). Typed arrays are little-endian: virtio's byte order on every
 // host this runs on (checked at load).
 //
+// A buffer over regions that touch in guest-physical space (one large region mapped in
+// pieces) becomes one view per region, as QEMU and rust-vmm split it into iovecs; the ring
+// areas and indirect tables must each lie inside one region.
+//
 // A malformed chain is consumed (nextAvail moves past it) before VirtqueueError is thrown;
 // the error's `head` says which chain, so a device may return it with length 0 or mark the
 // device DEVICE_NEEDS_RESET. An avail index that jumps by more than the queue size is not
 // consumed: the ring itself is broken.
 
-import type { GuestMemory } from '../guest-memory.ts';
+import { GuestMemoryError, type GuestMemory } from '../guest-memory.ts';
 import { DescriptorChain, VirtqueueError, type VirtqueueFault } from './descriptor-chain.ts';
 import {
   AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
@@ -250,14 +254,11 @@ export class SplitQueue {
       else if (sawWritable) throw new VirtqueueError('readable after writable', `descriptor ${idx}`, head);
       if (len !== 0) {
         const view = hi < HI_LIMIT ? mem.sliceOrNull(lo + hi * TWO_POW_32, len, write) : null;
-        if (view === null) throw this.bufferFault(lo, hi, len, write, head);
-        if (write) {
-          (writable ??= []).push(view);
-          writeBytes += len;
-        } else {
-          (readable ??= []).push(view);
-          readBytes += len;
-        }
+        const views = write ? (writable ??= []) : (readable ??= []);
+        if (view !== null) views.push(view);
+        else views.push(...this.spanningViews(lo, hi, len, write, head)); // not inside one region
+        if (write) writeBytes += len;
+        else readBytes += len;
         if (readBytes + writeBytes > MAX_CHAIN_BYTES) {
           throw new VirtqueueError('chain exceeds 4 GiB', `${readBytes + writeBytes} bytes`, head);
         }
@@ -291,16 +292,21 @@ export class SplitQueue {
     return copy;
   }
 
-  private bufferFault(lo: number, hi: number, len: number, write: boolean, head: number): VirtqueueError {
+  /** Views of a buffer over guest-physically touching regions (cold path), or the buffer's fault. */
+  private spanningViews(lo: number, hi: number, len: number, write: boolean, head: number): Uint8Array[] {
     let reason: VirtqueueFault = 'buffer out of memory';
     let cause: unknown;
     if (hi < HI_LIMIT) {
-      const err = this.mem.fault(lo + hi * TWO_POW_32, len, write);
-      cause = err;
-      if (err.reason === 'inaccessible') reason = 'buffer inaccessible';
-      else if (err.reason === 'readonly') reason = 'buffer read-only';
+      try {
+        return this.mem.slices(lo + hi * TWO_POW_32, len, write);
+      } catch (err) {
+        if (!(err instanceof GuestMemoryError)) throw err;
+        cause = err;
+        if (err.reason === 'inaccessible') reason = 'buffer inaccessible';
+        else if (err.reason === 'readonly') reason = 'buffer read-only';
+      }
     }
-    return new VirtqueueError(reason, `at ${addrString(lo, hi)}+${len}`, head, { cause });
+    throw new VirtqueueError(reason, `at ${addrString(lo, hi)}+${len}`, head, { cause });
   }
 
   /** Regions lent away since construction must not be touched through the cached ring views. */

@@ -84,6 +84,42 @@ test('accesses must lie inside one region: end, gap and region boundary', () => 
   assert.ok(mem.isValid(0x3ff0, 0x10));
 });
 
+test('slices: one zero-copy view per region across regions that touch, in guest-physical order', () => {
+  const { mem, regions } = threeRegions();
+  const inside = mem.slices(0x1010, 0x20);
+  assert.is(inside.length, 1, 'inside one region: one view');
+  const across = mem.slices(0x2ff0, 0x20, true);
+  assert.equal(across.map((v) => v.length), [0x10, 0x10]);
+  across[0]!.fill(1);
+  across[1]!.fill(2);
+  assert.is(mem.readU8(0x2fff), 1);
+  assert.is(mem.readU8(0x3000), 2);
+  assert.is(regions[2]!.bytes[0xf], 2, 'the second view is the second region\'s own memory');
+  // a whole region plus both neighbours' edges is still a run of touching regions
+  assert.equal(mem.slices(0x1000, 0x3000).map((v) => v.length), [0x2000, 0x1000]);
+  assert.is(mem.slices(0x4000, 0).length, 1, 'empty range at a region end');
+});
+
+test('slices: a gap, a lent-away or read-only neighbour, or an unsafe range refuses the whole access', () => {
+  const { mem } = threeRegions();
+  assert.is(faultOf(() => mem.slices(0x3ff0, 0x20)).reason, 'unmapped'); // runs into the gap
+  assert.is(faultOf(() => mem.slices(0xff0, 0x20)).reason, 'unmapped'); // starts in the gap
+  const e = faultOf(() => mem.slices(0x2ff0, 0x1020));
+  assert.equal([e.addr, e.len, e.reason], [0x2ff0, 0x1020, 'unmapped']);
+  mem.setAccessible(0x3000, false);
+  assert.is(faultOf(() => mem.slices(0x2ff0, 0x20)).reason, 'inaccessible');
+  mem.setAccessible(0x3000, true);
+  const rom = new GuestMemory([
+    { base: 0, size: 0x1000, bytes: new Uint8Array(0x1000) },
+    { base: 0x1000, size: 0x1000, bytes: new Uint8Array(0x1000), readOnly: true },
+  ]);
+  assert.is(rom.slices(0xff0, 0x20).length, 2, 'read across is fine');
+  assert.is(faultOf(() => rom.slices(0xff0, 0x20, true)).reason, 'readonly');
+  for (const [addr, len] of [[-1, 1], [0x1000, NaN], [2 ** 53 - 1, 2], [0x1000, 0.5]] as const) {
+    assert.is(faultOf(() => mem.slices(addr, len)).reason, 'overflow', `${addr}+${len}`);
+  }
+});
+
 test('64-bit-unsafe addresses and lengths are overflow faults, never views', () => {
   const { mem } = threeRegions();
   const bad: [number, number][] = [
@@ -179,6 +215,15 @@ test('the observer sees every validated access and no refused one', () => {
   assert.throws(() => mem.readU32(0xffe));
   assert.not.ok(mem.isValid(0x2000, 1));
   assert.equal(seen, [[0x10, 4, false], [0x20, 2, true], [0x30, 5, false], [0x40, 6, true], [0x50, 2, false], [0x60, 3, true]]);
+});
+
+test('the observer sees each region a spanning access touches, and nothing of a refused one', () => {
+  const { mem } = threeRegions();
+  const seen: [number, number, boolean][] = [];
+  mem.observer = (a, l, w) => seen.push([a, l, w]);
+  mem.slices(0x2ff0, 0x20, true);
+  assert.throws(() => mem.slices(0x3ff0, 0x20));
+  assert.equal(seen, [[0x2ff0, 0x10, true], [0x3000, 0x10, true]]);
 });
 
 test.run();

@@ -560,4 +560,66 @@ test('a chain as long as the queue is accepted, one longer is a loop', () => {
   assert.is(reasonOf(() => q.pop()).reason, 'chain too long');
 });
 
+// ---- buffers over touching regions (a large region mapped in pieces, or adjacent memslots) ----
+
+/** Rings in [0, 0x10000); regions [0x10000, 0x11000) and [0x11000, 0x12000) touch; a gap; [0x20000, 0x21000). */
+function touchingMemory(secondAccessible = true) {
+  const regions: GuestRegion[] = [
+    { base: 0, size: 0x10000, bytes: new Uint8Array(new SharedArrayBuffer(0x10000)) },
+    { base: 0x10000, size: 0x1000, bytes: new Uint8Array(0x1000) },
+    { base: 0x11000, size: 0x1000, bytes: new Uint8Array(0x1000), accessible: secondAccessible },
+    { base: 0x20000, size: 0x1000, bytes: new Uint8Array(0x1000) },
+  ];
+  return { mem: new GuestMemory(regions), regions };
+}
+
+for (const indirect of [false, true]) {
+  test(`${indirect ? 'indirect' : 'direct'}: a buffer over two touching regions becomes two views, contiguous to the device`, () => {
+    const { mem, regions } = touchingMemory();
+    const drv = new DriverQueue(mem, { size: 16, dataEnd: 0x10000 });
+    const q = new SplitQueue(mem, drv.config({ indirect: true }));
+    regions[1]!.bytes.set(seq(8, 1), 0x1000 - 8);
+    regions[2]!.bytes.set(seq(8, 9), 0);
+    const table = drv.alloc(32);
+    const descs = [
+      { addr: 0x10ff8, len: 16, flags: NEXT, next: 1 }, // readable, 8 bytes in each region
+      { addr: 0x10ffc, len: 8, flags: WRITE, next: 0 }, // writable, 4 + 4
+    ];
+    if (indirect) {
+      descs.forEach((d, i) => drv.writeDescriptorAt(table, i, d));
+      drv.writeDescriptor(3, { addr: table, len: 32, flags: INDIRECT, next: 0 });
+    } else {
+      drv.writeDescriptor(3, { ...descs[0]!, next: 4 });
+      drv.writeDescriptor(4, descs[1]!);
+    }
+    drv.offer(3);
+    const chain = q.pop()!;
+    assert.equal(chain.readable.map((v) => v.length), [8, 8]);
+    assert.equal(chain.writable.map((v) => v.length), [4, 4]);
+    assert.is(chain.readableBytes, 16);
+    assert.is(chain.writableBytes, 8);
+    assert.equal([...chain.reader().bytes(16)], [...seq(16, 1)]);
+    chain.writer().u64(0x1122334455667788n);
+    assert.equal([...regions[1]!.bytes.subarray(0xffc)], [0x88, 0x77, 0x66, 0x55]);
+    assert.equal([...regions[2]!.bytes.subarray(0, 4)], [0x44, 0x33, 0x22, 0x11]);
+  });
+}
+
+test('a buffer running from touching regions into a gap, or into a lent-away neighbour, is refused', () => {
+  for (const [addr, len, lent, reason] of [
+    [0x11ff0, 0x20, false, 'buffer out of memory'], // second region's end, then the gap
+    [0x10ff0, 0x1020, false, 'buffer out of memory'], // both regions, then the gap
+    [0x10ff0, 0x20, true, 'buffer inaccessible'], // the second region is lent away
+  ] as const) {
+    const { mem } = touchingMemory(!lent);
+    const drv = new DriverQueue(mem, { size: 16, dataEnd: 0x10000 });
+    const q = new SplitQueue(mem, drv.config());
+    drv.writeDescriptor(2, { addr, len, flags: WRITE, next: 0 });
+    drv.offer(2);
+    const err = reasonOf(() => q.pop());
+    assert.is(err.reason, reason, `${addr}+${len}`);
+    assert.is(err.head, 2);
+  }
+});
+
 test.run();

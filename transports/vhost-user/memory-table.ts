@@ -3,6 +3,12 @@
 // address spaces: guest-physical (descriptor addresses, the GuestMemory the
 // device kit reads) and front-end virtual (SET_VRING_ADDR ring addresses).
 //
+// One mmap per region, but the device kit sees it as GuestRegions of at most 4 GiB, split
+// at guest-physical multiples of 4 GiB: a zero-copy view (koffi.view) cannot exceed 2^32
+// bytes, and QEMU -m 8G sends a 6 GiB region. Guest buffers across a split are served as
+// two views (GuestMemory.slices). A ring area must lie inside one piece, which it does
+// for Linux guests: rings are naturally aligned page-allocator blocks.
+//
 // A hostile front-end controls every number here. Rules: 1..8 regions, no
 // zero sizes, no u64 wrap-around in any base + size, guest addresses below 2^53,
 // no overlap in either address space (gaps are fine: real guests have holes), and
@@ -21,6 +27,8 @@ const MAP_ALIGN = 0x10000n;
 const U64_END = 1n << 64n;
 /** Guest addresses are JS numbers: a region must end at or below 2^53 - 1. */
 const GUEST_ADDRESS_END = BigInt(Number.MAX_SAFE_INTEGER);
+/** Largest zero-copy view, and the guest-physical alignment of the pieces a region is cut into. */
+const PIECE = 2 ** 32;
 
 interface Mapping {
   /** Guest-physical base and end (exclusive). */
@@ -58,9 +66,9 @@ export class MemoryTable {
     const guestRegions: GuestRegion[] = [];
     try {
       regions.forEach((r, i) => {
-        const { mapping, region } = mapRegion(r, fds[i]!, i);
-        mappings.push(mapping);
-        guestRegions.push(region);
+        const mapping = mapRegion(r, fds[i]!, i);
+        mappings.push(mapping); // from here on, a throw unmaps it too
+        guestRegions.push(...pieces(mapping, i));
       });
       return new MemoryTable(new GuestMemory(guestRegions), mappings);
     } catch (err) {
@@ -117,7 +125,8 @@ function validateRegions(regions: readonly MemoryRegionDescription[]): void {
   });
 }
 
-function mapRegion(r: MemoryRegionDescription, fd: number, i: number): { mapping: Mapping; region: GuestRegion } {
+/** Check region `i` against its file and map it (the whole region, at its mmap offset). */
+function mapRegion(r: MemoryRegionDescription, fd: number, i: number): Mapping {
   const what = `memory region ${i}`;
   let st: BigIntStats;
   try {
@@ -146,14 +155,29 @@ function mapRegion(r: MemoryRegionDescription, fd: number, i: number): { mapping
   } catch (err) {
     protocolError('EINVAL', `${what}: ${err instanceof Error ? err.message : String(err)}`);
   }
-  const bytes = new Uint8Array(libc.view(hostAddress, hostLength), lead, size);
   return {
-    mapping: {
-      guestBase, guestEnd: guestBase + size, userBase: r.userAddress, userEnd: r.userAddress + r.size,
-      hostAddress, hostLength,
-    },
-    region: { base: guestBase, size, bytes, hostAddress: hostAddress + BigInt(lead), label: i },
+    guestBase, guestEnd: guestBase + size, userBase: r.userAddress, userEnd: r.userAddress + r.size,
+    hostAddress, hostLength,
   };
+}
+
+/**
+ * The guest regions of a mapping: cut at guest-physical multiples of 4 GiB, each a view that
+ * starts at the 8-byte-aligned host address at or below its first byte, so a piece's view is
+ * at most 4 GiB and host and guest addresses stay congruent mod 8 (checked in mapRegion).
+ */
+function pieces(m: Mapping, label: number): GuestRegion[] {
+  const out: GuestRegion[] = [];
+  const lead = m.hostLength - (m.guestEnd - m.guestBase); // mapping bytes before guestBase
+  for (let base = m.guestBase; base < m.guestEnd; ) {
+    const end = Math.min(m.guestEnd, (Math.floor(base / PIECE) + 1) * PIECE);
+    const host = m.hostAddress + BigInt(lead + (base - m.guestBase));
+    const skew = Number(host & 7n);
+    const bytes = new Uint8Array(libc.view(host - BigInt(skew), skew + (end - base)), skew, end - base);
+    out.push({ base, size: end - base, bytes, hostAddress: host, label });
+    base = end;
+  }
+  return out;
 }
 
 function overlaps(aBase: bigint, aSize: bigint, bBase: bigint, bSize: bigint): boolean {
