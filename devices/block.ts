@@ -10,6 +10,7 @@ import { ConfigSpace } from '../framework/virtio/config-space.ts';
 import { VIRTIO_ID_BLOCK, featureBits } from '../framework/virtio/constants.ts';
 import type { DescriptorChain } from '../framework/virtio/descriptor-chain.ts';
 import { VirtioDevice, queue } from '../framework/virtio/device.ts';
+import { MAX_CHAIN_DESCRIPTORS } from '../framework/virtio/split-queue.ts';
 import {
   BlockRequest, MISSING_HEADER, SECTOR_SIZE, SEGMENT_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
@@ -37,8 +38,8 @@ const BLOCK_CONFIG = {
 } as const;
 
 const QUEUE_SIZE = 256;
-/** Data segments per request: the queue minus header and status descriptors (as QEMU). */
-const SEG_MAX = QUEUE_SIZE - 2;
+/** Data segments per request: a chain's buffers (at most the queue, and the chain cap) minus header and status, as QEMU. */
+const SEG_MAX = Math.min(QUEUE_SIZE, MAX_CHAIN_DESCRIPTORS) - 2;
 /** Largest single data segment the driver should build. */
 const SIZE_MAX = 1 << 20;
 /** Sectors per discard / write-zeroes segment: (2^31 - 1) / 512, as QEMU. */

@@ -11,7 +11,8 @@
 //
 // A buffer over regions that touch in guest-physical space (one large region mapped in
 // pieces) becomes one view per region, as QEMU and rust-vmm split it into iovecs; the ring
-// areas and indirect tables must each lie inside one region.
+// areas and indirect tables must each lie inside one region. A chain holds at most
+// MAX_CHAIN_DESCRIPTORS buffers.
 //
 // A malformed chain is consumed (nextAvail moves past it) before VirtqueueError is thrown;
 // the error's `head` says which chain, so a device may return it with length 0 or mark the
@@ -45,6 +46,12 @@ export interface SplitQueueConfig {
 
 /** Indirect table cap: `next` is a u16, so more entries cannot be chained (1 MiB table). */
 export const MAX_INDIRECT_ENTRIES = 65536;
+/**
+ * Buffers (non-indirect descriptors, direct and indirect together) one chain may hold: QEMU's
+ * VIRTQUEUE_MAX_SIZE, Linux's UIO_MAXIOV. Bounds the views one chain costs: without it, one
+ * kick of chains sharing a 64K-entry indirect table would build millions of views.
+ */
+export const MAX_CHAIN_DESCRIPTORS = 1024;
 /** Largest total byte count of one chain (§2.7.5: drivers MUST NOT exceed 2^32). */
 const MAX_CHAIN_BYTES = 0x1_0000_0000;
 const TWO_POW_32 = 0x1_0000_0000;
@@ -235,6 +242,7 @@ export class SplitQueue {
     let indirect = false;
     let idx = head;
     let count = 0;
+    let buffers = 0;
     for (;;) {
       if (++count > tableLen) {
         throw new VirtqueueError(indirect ? 'indirect chain too long' : 'chain too long', `more than ${tableLen} descriptors`, head);
@@ -248,6 +256,9 @@ export class SplitQueue {
         idx = 0;
         count = 0;
         continue;
+      }
+      if (++buffers > MAX_CHAIN_DESCRIPTORS) {
+        throw new VirtqueueError('chain too long', `more than ${MAX_CHAIN_DESCRIPTORS} buffers`, head);
       }
       const write = (flagsNext & VIRTQ_DESC_F_WRITE) !== 0;
       if (write) sawWritable = true;

@@ -13,6 +13,7 @@ import {
 } from '../../devices/block-request.ts';
 import { RawFile, type BlockFile } from '../../framework/io/raw-file.ts';
 import { STATUS_DEVICE_NEEDS_RESET, VIRTIO_ID_BLOCK, hasFeature } from '../../framework/virtio/constants.ts';
+import { MAX_CHAIN_DESCRIPTORS } from '../../framework/virtio/split-queue.ts';
 import { DeviceHarness, type Completion } from '../support/device-harness.ts';
 import { Prng, chooseSeed } from '../support/prng.ts';
 
@@ -188,17 +189,34 @@ test('header, data and status may share descriptors; indirect chains work', asyn
   h.device.close();
 });
 
-test('a request with more data buffers than one preadv takes (IOV_MAX = 1024) is still exact', async () => {
+test('a request of seg_max data buffers (header and status besides) fits the chain cap and is exact; one more is refused', async () => {
   const { path, bytes } = makeImage();
   const { h } = harness(BlockDevice.open(path));
-  const pieces = Array.from({ length: 1088 }, () => ({ writableLen: 64 })); // 136 sectors in 64-byte buffers
-  const total = 1088 * 64;
+  const segMax = Number(h.device.config.get('seg_max'));
+  assert.ok(segMax + 2 <= MAX_CHAIN_DESCRIPTORS, `seg_max ${segMax} leaves room for header and status`);
+  const n = Math.max(segMax, MAX_CHAIN_DESCRIPTORS - 2); // the most a chain may carry, whatever seg_max says
+  const total = Math.ceil((n * 64) / SECTOR) * SECTOR; // whole sectors: the first buffer takes the remainder
+  const pieces = Array.from({ length: n }, (_, i) => ({ writableLen: i === 0 ? total - 64 * (n - 1) : 64 }));
   h.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 4) }, ...pieces, { writableLen: 1 }], { indirect: true });
   const [u] = await h.waitUsed(0, 1);
   assert.is(status(u!), VIRTIO_BLK_S_OK);
   assert.is(u!.len, total + 1);
   assert.equal(u!.writable.subarray(0, total), bytes.subarray(4 * SECTOR, 4 * SECTOR + total));
+  h.submit(0, [{ data: header(VIRTIO_BLK_T_IN, 4) }, ...pieces, { writableLen: 64 }, { writableLen: 1 }], { indirect: true });
+  await h.settle();
+  assert.ok(h.status & STATUS_DEVICE_NEEDS_RESET, 'a chain over the cap is a broken driver');
   h.device.close();
+});
+
+test('raw file: a transfer of more buffers than one preadv takes (IOV_MAX = 1024) is still exact', async () => {
+  const { path, bytes } = makeImage();
+  const file = RawFile.open(path);
+  const views = Array.from({ length: 1088 }, () => new Uint8Array(64)); // 136 sectors in 64-byte buffers
+  await file.read(views, 4 * SECTOR);
+  const got = new Uint8Array(1088 * 64);
+  views.forEach((v, i) => got.set(v, 64 * i));
+  assert.equal(got, bytes.subarray(4 * SECTOR, 4 * SECTOR + got.length));
+  file.close();
 });
 
 test('flush: status is written only once the file sync has finished', async () => {

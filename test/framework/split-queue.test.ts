@@ -9,7 +9,7 @@ import {
   VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
   legacyRingBytes, legacyRingLayout, usedRingBytes,
 } from '../../framework/virtio/ring-layout.ts';
-import { SplitQueue, type SplitQueueConfig } from '../../framework/virtio/split-queue.ts';
+import { MAX_CHAIN_DESCRIPTORS, SplitQueue, type SplitQueueConfig } from '../../framework/virtio/split-queue.ts';
 import { DriverQueue } from '../support/driver-queue.ts';
 
 const { NEXT, WRITE, INDIRECT } = { NEXT: VIRTQ_DESC_F_NEXT, WRITE: VIRTQ_DESC_F_WRITE, INDIRECT: VIRTQ_DESC_F_INDIRECT };
@@ -620,6 +620,37 @@ test('a buffer running from touching regions into a gap, or into a lent-away nei
     assert.is(err.reason, reason, `${addr}+${len}`);
     assert.is(err.head, 2);
   }
+});
+
+// ---- descriptors per chain ----
+
+/** One indirect chain of `direct` direct descriptors then an indirect table of `entries` 1-byte buffers. */
+function longChain(direct: number, entries: number) {
+  const mem = GuestMemory.allocate(0x200000);
+  const drv = new DriverQueue(mem, { size: 64 });
+  const q = new SplitQueue(mem, drv.config({ indirect: true }));
+  const buf = drv.alloc(16);
+  const table = drv.alloc(16 * entries);
+  for (let i = 0; i < entries; i++) {
+    drv.writeDescriptorAt(table, i, { addr: buf, len: 1, flags: WRITE | (i + 1 < entries ? NEXT : 0), next: i + 1 });
+  }
+  for (let i = 0; i < direct; i++) drv.writeDescriptor(i, { addr: buf, len: 1, flags: NEXT, next: i + 1 });
+  drv.writeDescriptor(direct, { addr: table, len: 16 * entries, flags: INDIRECT, next: 0 });
+  drv.offer(0);
+  return q;
+}
+
+test('a chain holds at most 1024 buffers, direct and indirect together (QEMU VIRTQUEUE_MAX_SIZE)', () => {
+  assert.is(MAX_CHAIN_DESCRIPTORS, 1024);
+  assert.is(longChain(0, 1024).pop()!.writable.length, 1024, 'a full indirect table is accepted');
+  const err = reasonOf(() => longChain(0, 1025).pop());
+  assert.is(err.reason, 'chain too long');
+  assert.is(err.head, 0);
+  const mixed = longChain(2, 1022).pop()!;
+  assert.equal([mixed.readable.length, mixed.writable.length], [2, 1022]);
+  assert.is(reasonOf(() => longChain(3, 1022).pop()).reason, 'chain too long');
+  // an indirect table of 65536 entries (1 MiB) is refused after 1024 buffers, not turned into 65536 views
+  assert.is(reasonOf(() => longChain(0, 65536).pop()).reason, 'chain too long');
 });
 
 test.run();
