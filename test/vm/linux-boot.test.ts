@@ -3,11 +3,6 @@
 // reports what the 64-bit entry gave it (rsi = boot_params, its magic, loader id, command line,
 // e820 count, initramfs, segment selectors) over MMIO and then triple-faults. Also the kvm_pvm
 // quirk module's pure parts: instruction bytes of an emulation failure and the CPUID filter.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { RngDevice } from '../../devices/rng.ts';
@@ -17,6 +12,7 @@ import { classifyInstruction, dropParavirtLeaves, emulationFailureBytes } from '
 import { createMachine } from '../../framework/vm/machine.ts';
 import { BOOT_CS, BOOT_DS } from '../../framework/vm/x86/entry-state.ts';
 import { VirtioMmioTransport } from '../../transports/virtio-mmio/mmio-transport.ts';
+import { assembleKernel, gzipBzImage } from '../support/stand-in-kernel.ts';
 import { kvmSkipReason, TestWindow, withTimeout } from './tiny-vm.ts';
 
 const skip = kvmSkipReason();
@@ -27,9 +23,6 @@ const WINDOW = 0xd800_0000;
 const DONE = 0x40;
 
 const KERNEL_SOURCE = `
-.code64
-.globl _start
-_start:
   movabs $${WINDOW}, %rdi
   mov %rsi, 0x00(%rdi)
   mov ${BP.header}(%rsi), %eax
@@ -56,43 +49,12 @@ _start:
   ud2
 `;
 
-/** The stand-in kernel as an ELF linked at 16 MiB, like vmlinux. */
-function buildKernel(): Uint8Array {
-  const dir = mkdtempSync(join(tmpdir(), 'rxvirt-kernel-'));
-  try {
-    writeFileSync(join(dir, 'k.s'), KERNEL_SOURCE);
-    execFileSync('as', ['--64', '-o', join(dir, 'k.o'), join(dir, 'k.s')]);
-    execFileSync('ld', ['-m', 'elf_x86_64', '-N', '-Ttext', '0x1000000', '-e', '_start', '-o', join(dir, 'k.elf'), join(dir, 'k.o')], { stdio: 'pipe' });
-    return new Uint8Array(readFileSync(join(dir, 'k.elf')));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** The same kernel as a bzImage with a gzip payload (boot protocol 2.15). */
-function asBzImage(elf: Uint8Array): Uint8Array {
-  const payload = gzipSync(elf);
-  const image = new Uint8Array(5 * 512 + payload.length);
-  const v = new DataView(image.buffer);
-  image[0x1f1] = 4;
-  v.setUint16(0x1fe, 0xaa55, true);
-  image[0x201] = 0x6a;
-  v.setUint32(0x202, 0x53726448, true);
-  v.setUint16(0x206, 0x020f, true);
-  v.setUint32(0x22c, 0x7fffffff, true);
-  v.setUint32(0x238, 2047, true);
-  v.setUint32(0x248, 0, true);
-  v.setUint32(0x24c, payload.length, true);
-  image.set(payload, 5 * 512);
-  return image;
-}
-
 const u64 = (s: string) => Buffer.from(s.padEnd(8, '\0').slice(0, 8)).readBigUInt64LE();
 
 for (const format of ['vmlinux ELF', 'gzip bzImage'] as const) {
   kvmTest(`64-bit boot protocol (${format}): rsi = boot_params with our loader fields, command line and initramfs; CS/SS are __BOOT_CS/__BOOT_DS`, async () => {
-    const elf = buildKernel();
-    const kernel = format === 'vmlinux ELF' ? elf : asBzImage(elf);
+    const elf = assembleKernel(KERNEL_SOURCE);
+    const kernel = format === 'vmlinux ELF' ? elf : gzipBzImage(elf);
     const initrd = Buffer.from('070701-stand-in-initramfs');
     const window = new TestWindow();
     const machine = await createMachine({ memory: '64M', transport: VirtioMmioTransport });
