@@ -10,8 +10,11 @@ export const F_WRITE = 2;
 export const F_INDIRECT = 4;
 
 export interface ModelChain {
+  /** One entry per region a buffer lies in: a buffer over two touching regions is two entries. */
   readable: [addr: bigint, len: number][];
   writable: [addr: bigint, len: number][];
+  /** Buffers that ran over touching regions. */
+  spanning: number;
 }
 
 export type ModelResult = ModelChain | { invalid: string };
@@ -25,6 +28,8 @@ export interface ModelQueue {
 const U64 = 1n << 64n;
 /** §2.7.5: the total length of a chain's buffers must not exceed 2^32 bytes. */
 const MAX_TOTAL = 2 ** 32;
+/** Buffers per chain, direct and indirect together (QEMU VIRTQUEUE_MAX_SIZE, Linux UIO_MAXIOV). */
+const MAX_BUFFERS = 1024;
 
 /** May the device access [addr, addr+len) (write = device-writable) in `memory` right now? */
 export function deviceMayAccess(memory: FuzzMemory, addr: bigint, len: number, write: boolean): boolean {
@@ -37,10 +42,30 @@ export function deviceMayAccess(memory: FuzzMemory, addr: bigint, len: number, w
   return false;
 }
 
+/**
+ * The pieces of a device buffer: [addr, addr+len) may run over regions that touch in
+ * guest-physical space (one piece per region), each accessible and, when written, writable.
+ */
+export function deviceBufferPieces(memory: FuzzMemory, addr: bigint, len: number, write: boolean): [bigint, number][] | null {
+  const end = addr + BigInt(len);
+  if (end > U64) return null;
+  const pieces: [bigint, number][] = [];
+  let at = addr;
+  while (at < end) {
+    const s = memory.specs.find((r) => at >= BigInt(r.base) && at < BigInt(r.base) + BigInt(r.size));
+    if (!s || !s.accessible || (write && s.readOnly)) return null;
+    const stop = BigInt(s.base) + BigInt(s.size) < end ? BigInt(s.base) + BigInt(s.size) : end;
+    pieces.push([at, Number(stop - at)]);
+    at = stop;
+  }
+  return pieces;
+}
+
 /** The chain at `head` as the spec says a device must read it. Reads memory through the guest's raw view. */
 export function modelChain(memory: FuzzMemory, q: ModelQueue, head: number): ModelResult {
   if (head >= q.size) return { invalid: 'head out of range' };
-  const out: ModelChain = { readable: [], writable: [] };
+  const out: ModelChain = { readable: [], writable: [], spanning: 0 };
+  let buffers = 0;
   let table = BigInt(q.descTable);
   let entries = q.size;
   let inIndirect = false;
@@ -67,12 +92,15 @@ export function modelChain(memory: FuzzMemory, q: ModelQueue, head: number): Mod
       visited = 0;
       continue;
     }
+    if (++buffers > MAX_BUFFERS) return { invalid: 'too many buffers' };
     const write = (d.flags & F_WRITE) !== 0;
     if (write) writableSeen = true;
     else if (writableSeen) return { invalid: 'readable after writable' };
     if (d.len > 0) {
-      if (!deviceMayAccess(memory, d.addr, d.len, write)) return { invalid: 'buffer outside memory' };
-      (write ? out.writable : out.readable).push([d.addr, d.len]);
+      const pieces = deviceBufferPieces(memory, d.addr, d.len, write);
+      if (pieces === null) return { invalid: 'buffer outside memory' };
+      (write ? out.writable : out.readable).push(...pieces);
+      if (pieces.length > 1) out.spanning++;
       total += d.len;
       if (total > MAX_TOTAL) return { invalid: 'chain over 4 GiB' };
     }
