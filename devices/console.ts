@@ -3,7 +3,8 @@
 // emergency-write register (VIRTIO_CONSOLE_F_EMERG_WRITE). Multiport is not offered.
 // Flow control both ways: host bytes wait, in order, for guest receive buffers (the
 // host is paused past a high-water mark), and guest output stops being consumed while
-// the host side is saturated.
+// the host side is saturated. Emergency writes arriving then are dropped, as a serial
+// line drops what nobody reads: they cannot be refused, and queueing them is unbounded.
 
 import type { Subscription } from 'rxjs';
 import type { ByteStream } from '../framework/io/byte-stream.ts';
@@ -43,7 +44,7 @@ export class ConsoleDevice extends VirtioDevice {
   override readonly features = featureBits(VIRTIO_CONSOLE_F_SIZE, VIRTIO_CONSOLE_F_EMERG_WRITE);
   override readonly config = new ConfigSpace(CONSOLE_CONFIG, {
     writable: ['emerg_wr'],
-    onDriverWrite: (_field, value) => void this.host.output(Uint8Array.of(Number(value & 0xffn))),
+    onDriverWrite: (_field, value) => this.emergencyWrite(Number(value & 0xffn)),
   });
   readonly queues = [
     queue('receiveq', QUEUE_SIZE, (q) => this.attachReceive(q)),
@@ -57,11 +58,14 @@ export class ConsoleDevice extends VirtioDevice {
   private inputBytes = 0;
   private inputPaused = false;
 
-  // transmitq: the chain being copied out, and whether the host asked us to wait.
+  // transmitq: the chain being copied out.
   private tx: DeviceQueue | null = null;
   private txChain: DescriptorChain | null = null;
   private txReader: ChainReader | null = null;
-  private txWaiting = false;
+
+  /** Set while the host is saturated (its output() returned a promise): nothing is sent until it settles. */
+  private hostWait: Promise<void> | null = null;
+  private droppedBytes = 0;
 
   private readonly hostSubscriptions: Subscription[] = [];
 
@@ -83,6 +87,11 @@ export class ConsoleDevice extends VirtioDevice {
   /** Host bytes still waiting for guest receive buffers. */
   get pendingInput(): number {
     return this.inputBytes;
+  }
+
+  /** Emergency-write bytes dropped because the host was saturated. */
+  get droppedEmergencyBytes(): number {
+    return this.droppedBytes;
   }
 
   /** Stop listening to the host and release it. */
@@ -161,7 +170,7 @@ export class ConsoleDevice extends VirtioDevice {
   /** Copy every readable byte of each chain to the host, in order; pause while the host is saturated. */
   private transmit(): void {
     const q = this.tx;
-    while (q !== null && !this.txWaiting) {
+    while (q !== null && this.hostWait === null) {
       if (this.txChain === null) {
         this.txChain = q.pop();
         if (this.txChain === null) return;
@@ -173,15 +182,32 @@ export class ConsoleDevice extends VirtioDevice {
         this.txChain = this.txReader = null;
         continue;
       }
-      const wait = this.host.output(reader.bytes(Math.min(reader.remaining, OUTPUT_CHUNK)));
-      if (wait) {
-        this.txWaiting = true;
-        const resume = () => {
-          this.txWaiting = false;
-          this.transmit();
-        };
-        wait.then(resume, resume);
-      }
+      this.sendToHost(reader.bytes(Math.min(reader.remaining, OUTPUT_CHUNK)));
     }
   }
+
+  // ---- emergency write ----
+
+  /** One byte written to emerg_wr: sent at once, or dropped while the host is saturated. */
+  private emergencyWrite(byte: number): void {
+    if (this.hostWait !== null) {
+      this.droppedBytes++;
+      return;
+    }
+    this.sendToHost(Uint8Array.of(byte));
+  }
+
+  /** Hand bytes to the host; a saturated host returns the wait, which settles once output has resumed. */
+  private sendToHost(bytes: Uint8Array): Promise<void> | null {
+    const wait = this.host.output(bytes);
+    if (!wait) return null;
+    const resumed = wait.then(this.hostDrained, this.hostDrained);
+    this.hostWait = resumed;
+    return resumed;
+  }
+
+  private readonly hostDrained = (): void => {
+    this.hostWait = null;
+    this.transmit();
+  };
 }

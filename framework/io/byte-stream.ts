@@ -50,15 +50,30 @@ export function readableInput(stream: Readable): Observable<Uint8Array> {
 
 /**
  * `output` for a Node writable stream: a promise while the stream is above its high-water
- * mark (settled by 'drain', or by 'close' so a dead peer cannot stall the device).
- * Bytes written after the stream died are dropped, like a serial line with nobody listening.
+ * mark (settled by 'drain', or by 'close' / 'error' so a dead peer cannot stall the device).
+ * One promise per saturation period, shared by every caller, its listeners removed when it
+ * settles. Bytes written after the stream died are dropped, like a serial line with nobody
+ * listening.
  */
 export function writableOutput(stream: Writable): (bytes: Uint8Array) => void | Promise<void> {
   stream.on('error', () => {}); // EPIPE and friends: the host side went away; 'close' follows
+  let saturated: Promise<void> | null = null;
+  const waitForRoom = () => new Promise<void>((resolve) => {
+    const done = () => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      stream.off('error', done);
+      saturated = null;
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+    stream.on('error', done);
+  });
   return (bytes) => {
     if (stream.destroyed || stream.writableEnded) return;
     if (stream.write(bytes)) return;
-    return Promise.race([once(stream, 'drain'), once(stream, 'close')]).then(() => undefined, () => undefined);
+    return (saturated ??= waitForRoom());
   };
 }
 

@@ -48,6 +48,24 @@ test('writableOutput: a promise while the stream is saturated, settled by drain'
   assert.equal(chunks, ['12345678']);
 });
 
+test('writableOutput: one wait per saturation period; its listeners are gone once it settles', async () => {
+  const callbacks: (() => void)[] = [];
+  const slow = new Writable({ highWaterMark: 4, write(_chunk, _enc, cb) { callbacks.push(cb); } });
+  const output = writableOutput(slow);
+  const listeners = () => ['drain', 'close', 'error', 'finish'].map((e) => slow.listenerCount(e));
+  const idle = listeners();
+  const waits = Array.from({ length: 50 }, () => output(enc('12345678')));
+  assert.ok(waits[0] instanceof Promise);
+  assert.ok(waits.every((w) => w === waits[0]), 'callers that ignore the wait share it');
+  const during = listeners();
+  for (let i = 0; i < during.length; i++) assert.ok(during[i]! - idle[i]! <= 1, `at most one listener per event: ${during} vs ${idle}`);
+  while (callbacks.length > 0) callbacks.shift()!(); // the host reads everything
+  await waits[0];
+  assert.equal(listeners(), idle, 'nothing left behind');
+  const next = output(enc('12345678'));
+  assert.ok(next instanceof Promise && next !== waits[0], 'a new saturation, a new wait');
+});
+
 test('writableOutput: a dead stream settles pending waits and drops later bytes without throwing', async () => {
   const stuck = new Writable({ highWaterMark: 1, write() {} });
   const output = writableOutput(stuck);

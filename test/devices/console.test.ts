@@ -1,4 +1,5 @@
 import { createServer, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Subject } from 'rxjs';
 import { ConsoleDevice, VIRTIO_CONSOLE_F_SIZE } from '../../devices/console.ts';
-import { appendFileStream, connectUnixSocket, type ByteStream } from '../../framework/io/byte-stream.ts';
+import { appendFileStream, connectUnixSocket, writableOutput, type ByteStream } from '../../framework/io/byte-stream.ts';
 import { hasFeature } from '../../framework/virtio/constants.ts';
 import { DeviceHarness } from '../support/device-harness.ts';
 
@@ -175,6 +176,30 @@ test('emergency write: a driver write of emerg_wr sends one byte to the host', a
   h.device.config.write(0, Uint8Array.of(1, 2, 3, 4));
   assert.is(host.text(), '!');
   assert.is(readConfigU16(h, 0), 80, 'cols is not driver-writable');
+});
+
+test('emergency writes while the host is saturated are dropped, as on a serial line, and flow again once it drains', async () => {
+  const host = memoryHost();
+  const h = new DeviceHarness(new ConsoleDevice(host.stream));
+  host.hold();
+  for (let i = 0; i < 1000; i++) h.device.config.write(8, Uint8Array.of(0x41, 0, 0, 0));
+  assert.is(host.text(), 'A', 'one byte out, then the host said wait');
+  h.submit(TX, [{ data: enc('queued') }]);
+  await h.settle();
+  assert.is(host.text(), 'A', 'guest output waits for the same host');
+  host.release();
+  await h.waitUsed(TX, 1);
+  h.device.config.write(8, Uint8Array.of(0x42, 0, 0, 0));
+  assert.is(host.text(), 'AqueuedB');
+});
+
+test('a stalled host stream holds a bounded amount of emergency output, whatever the guest writes', async () => {
+  const stalled = new Writable({ highWaterMark: 1024, write() {} }); // a peer that stopped reading
+  const h = new DeviceHarness(new ConsoleDevice({ input$: new Subject(), output: writableOutput(stalled), close() {} }));
+  for (let i = 0; i < 20000; i++) h.device.config.write(8, Uint8Array.of(0x41, 0, 0, 0));
+  assert.ok(stalled.writableLength <= 1025, `${stalled.writableLength} bytes buffered`);
+  assert.ok(stalled.listenerCount('drain') <= 1, `${stalled.listenerCount('drain')} drain listeners`);
+  await h.settle();
 });
 
 test('unix socket host: bytes flow both ways through a real socket', async () => {
