@@ -161,6 +161,9 @@ export class ConsoleDevice extends VirtioDevice {
       kicks.unsubscribe();
       if (this.tx === q) {
         this.tx = null;
+        // Return the chain being sent: a draining stop publishes it (the guest's hvc would
+        // otherwise wait for it forever); after a reset it is discarded.
+        if (this.txChain !== null) q.complete(this.txChain, 0);
         this.txChain = null;
         this.txReader = null;
       }
@@ -182,7 +185,8 @@ export class ConsoleDevice extends VirtioDevice {
         this.txChain = this.txReader = null;
         continue;
       }
-      this.sendToHost(reader.bytes(Math.min(reader.remaining, OUTPUT_CHUNK)));
+      const wait = this.sendToHost(reader.bytes(Math.min(reader.remaining, OUTPUT_CHUNK)));
+      if (wait) q.track(wait); // a draining stop (vhost-user) waits for the host to take the chain
     }
   }
 

@@ -202,6 +202,30 @@ test('a stalled host stream holds a bounded amount of emergency output, whatever
   await h.settle();
 });
 
+test('a draining stop (vhost-user GET_VRING_BASE) waits for a saturated host and returns the chain being sent', async () => {
+  const host = memoryHost();
+  const h = new DeviceHarness(new ConsoleDevice(host.stream));
+  const tx = h.queues[TX]!;
+  host.hold();
+  const head = tx.addChain([{ data: enc('hello') }]);
+  h.kick(TX);
+  await h.settle();
+  let stopped = false;
+  const stop = h.state.stopQueue(TX, { drain: true }).then((r) => { stopped = true; return r; });
+  await h.settle();
+  assert.not.ok(stopped, 'GET_VRING_BASE is answered only once the host took the bytes');
+  host.release();
+  const position = await stop;
+  assert.is(position!.nextAvail, 1);
+  assert.equal(tx.takeUsed().map((u) => [u.id, u.len]), [[head, 0]], 'the chain is back in the used ring');
+  // the front-end resumes the ring where it stopped and output goes on
+  assert.ok(h.state.startQueue(TX, { nextAvail: 1, nextUsed: tx.usedIdx() }));
+  tx.addChain([{ data: enc(' world') }]);
+  h.kick(TX);
+  while (tx.usedIdx() !== 2) await h.settle(1);
+  assert.is(host.text(), 'hello world');
+});
+
 test('unix socket host: bytes flow both ways through a real socket', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'rxvirt-console-'));
   const path = join(dir, 'console.sock');
