@@ -83,9 +83,18 @@ export class BlockRequest {
     return this.payload?.remaining ?? 0;
   }
 
-  /** Zero-copy views of the first `n` data-in bytes. */
-  dataIn(n = this.dataInLength): Uint8Array[] {
-    return this.chain.writer().views(n);
+  /**
+   * Zero-copy views of all data-in bytes: the chain's writable views, the last one short of
+   * the status byte (dropped when the status has a descriptor of its own, as Linux builds it).
+   */
+  dataIn(): Uint8Array[] {
+    const writable = this.chain.writable;
+    const last = writable.length - 1;
+    const status = this.statusBuffer;
+    if (status.length === 1) return writable.slice(0, last);
+    const views = writable.slice();
+    views[last] = status.subarray(0, status.length - 1);
+    return views;
   }
 
   /** Zero-copy views of all data-out bytes. */

@@ -148,7 +148,7 @@ export class BlockDevice extends VirtioDevice {
     const bytes = req.dataInLength;
     if (!this.inRange(req.sector, bytes)) return req.finish(VIRTIO_BLK_S_IOERR);
     if (bytes === 0) return req.finish(VIRTIO_BLK_S_OK);
-    return this.statusAfter(req, this.file.read(req.dataIn(bytes), req.sector * SECTOR_SIZE), bytes, 'read');
+    return this.statusAfter(req, this.file.read(req.dataIn(), req.sector * SECTOR_SIZE), bytes, 'read');
   }
 
   private write(req: BlockRequest): number | Promise<number> {

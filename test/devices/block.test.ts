@@ -7,12 +7,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { BlockDevice } from '../../devices/block.ts';
 import {
-  VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
+  BlockRequest, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_GET_LIFETIME, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../../devices/block-request.ts';
 import { RawFile, type BlockFile } from '../../framework/io/raw-file.ts';
 import { STATUS_DEVICE_NEEDS_RESET, VIRTIO_ID_BLOCK, hasFeature } from '../../framework/virtio/constants.ts';
+import { DescriptorChain } from '../../framework/virtio/descriptor-chain.ts';
 import { MAX_CHAIN_DESCRIPTORS } from '../../framework/virtio/split-queue.ts';
 import { DeviceHarness, type Completion } from '../support/device-harness.ts';
 import { Prng, chooseSeed } from '../support/prng.ts';
@@ -217,6 +218,21 @@ test('raw file: a transfer of more buffers than one preadv takes (IOV_MAX = 1024
   views.forEach((v, i) => got.set(v, 64 * i));
   assert.equal(got, bytes.subarray(4 * SECTOR, 4 * SECTOR + got.length));
   file.close();
+});
+
+test('read data goes straight into the chain\'s own views: the writable buffers, the last one short of the status byte', () => {
+  const hdr = header(VIRTIO_BLK_T_IN, 0);
+  const parse = (writable: Uint8Array[]) => BlockRequest.parse(
+    new DescriptorChain(0, [hdr], writable, 16, writable.reduce((n, v) => n + v.length, 0)))!;
+  const data = new Uint8Array(4096), status = new Uint8Array(1);
+  const own = parse([data, status]).dataIn(); // Linux: data descriptors, then a 1-byte status descriptor
+  assert.is(own.length, 1);
+  assert.is(own[0], data, 'the chain\'s view itself, not a copy of it');
+  const a = new Uint8Array(100), b = new Uint8Array(50);
+  const shared = parse([a, b]).dataIn(); // the status shares the last buffer
+  assert.is(shared[0], a);
+  assert.equal([shared[1]!.buffer, shared[1]!.byteOffset, shared[1]!.length], [b.buffer, b.byteOffset, 49]);
+  assert.equal(parse([new Uint8Array(1)]).dataIn().reduce((n, v) => n + v.length, 0), 0, 'status only: no data');
 });
 
 test('flush: status is written only once the file sync has finished', async () => {
