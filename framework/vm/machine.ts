@@ -37,6 +37,8 @@ export interface MachineTransport extends MmioHandler {
   readonly size: number;
   notifyRegistrations(): readonly { readonly queueIndex: number; readonly address: number; readonly length: 4; readonly datamatch: number }[];
   notify(queueIndex: number): void;
+  /** The device's virtio state; reset on close so queue handlers stop and in-flight work settles. */
+  readonly state?: { reset(): Promise<void> };
 }
 
 /** A transport class such as VirtioMmioTransport. */
@@ -174,10 +176,15 @@ export class Machine {
     return this.platform.vm.stop();
   }
 
-  /** Stops the VM and releases everything the machine made (not the devices themselves). Idempotent. */
+  /**
+   * Stops the VM, resets the devices (their queue handlers stop, in-flight requests settle while
+   * guest memory is still mapped) and releases everything the machine made; the device objects
+   * themselves (open files, host streams) stay the caller's. Idempotent.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.platform.vm.stop();
+      await Promise.all(this.attached.map((d) => d.transport.state?.reset().catch(() => {})));
       for (const d of this.attached.splice(0).reverse()) d.release();
       await this.platform.close();
     })();
