@@ -4,10 +4,13 @@
 
 import { formatTarget, formatValue, type Figure, type Report } from './harness.ts';
 
-const WIDTH = 860;
-const LABEL_W = 300;
-const BAR_X = LABEL_W + 10;
-const BAR_W = 380;
+const WIDTH = 980;
+// Group charts: label column, bars, their value labels, then the verdict right-aligned.
+const BAR_X = 310;
+const BAR_W = 280;
+// Summary chart: label column, margin bars, then the figure's text left-aligned.
+const SUMMARY_BAR_X = 370;
+const SUMMARY_BAR_W = 320;
 const ROW_H = 46;
 const TOP = 54;
 const FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif"';
@@ -16,6 +19,9 @@ const COLORS = { ours: '#2f6fdf', peer: '#9aa3ad', pass: '#1a7f37', miss: '#cf22
 export function escapeXml(s: string): string {
   return s.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
 }
+
+/** Cut text to `n` characters, with an ellipsis when something was cut. */
+const clip = (text: string, n: number) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
 
 const fmt = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(1));
 
@@ -55,7 +61,7 @@ export function groupChart(group: string, figures: readonly Figure[], subtitle: 
   );
   rows.forEach((f, i) => {
     const y = TOP + 10 + i * ROW_H;
-    body.push(`<text x="12" y="${y + 16}" fill="#1f2328">${escapeXml(f.name)}</text>`);
+    body.push(`<text x="12" y="${y + 16}" fill="#1f2328">${escapeXml(clip(f.name, 47))}</text>`);
     body.push(`<text x="12" y="${y + 31}" fill="#57606a" font-size="11">${escapeXml(f.better === 'higher' ? `${f.unit}, higher is better` : `${f.unit}, lower is better`)}</text>`);
     if (f.verdict === 'skip' || !f.ours) {
       body.push(`<text x="${BAR_X}" y="${y + 22}" fill="${COLORS.info}">${escapeXml(`SKIP: ${f.skip ?? 'not measured'}`.slice(0, 90))}</text>`);
@@ -97,7 +103,7 @@ export function summaryChart(figures: readonly Figure[], subtitle: string): stri
   const rowH = 24;
   const lo = Math.log(0.25);
   const hi = Math.log(4);
-  const xOf = (m: number) => BAR_X + ((Math.log(Math.min(4, Math.max(0.25, m))) - lo) / (hi - lo)) * BAR_W;
+  const xOf = (m: number) => SUMMARY_BAR_X + ((Math.log(Math.min(4, Math.max(0.25, m))) - lo) / (hi - lo)) * SUMMARY_BAR_W;
   const x1 = xOf(1);
   const top = TOP + 8;
   const height = top + rows.length * rowH + 40;
@@ -110,16 +116,16 @@ export function summaryChart(figures: readonly Figure[], subtitle: string): stri
   body.push(`<text x="${fmt(x1)}" y="${top + rows.length * rowH + 32}" text-anchor="middle" fill="#57606a" font-size="11">margin over target (right of the line: target met)</text>`);
   rows.forEach((f, i) => {
     const y = top + i * rowH;
-    body.push(`<text x="12" y="${y + 15}" fill="#1f2328">${escapeXml(`${f.group}: ${f.name}`.slice(0, 46))}</text>`);
+    body.push(`<text x="12" y="${y + 15}" fill="#1f2328">${escapeXml(clip(`${f.group}: ${f.name}`, 56))}</text>`);
     const m = margin(f);
     if (m === undefined) {
-      body.push(`<text x="${BAR_X + 4}" y="${y + 15}" fill="${COLORS.info}">${escapeXml(f.verdict === 'skip' ? 'SKIP' : 'n/a')}</text>`);
+      body.push(`<text x="${SUMMARY_BAR_X + 4}" y="${y + 15}" fill="${COLORS.info}">${escapeXml(f.verdict === 'skip' ? 'SKIP' : 'n/a')}</text>`);
       return;
     }
     const x = xOf(m);
     body.push(`<rect x="${fmt(Math.min(x, x1))}" y="${y + 4}" width="${fmt(Math.max(1, Math.abs(x - x1)))}" height="14" fill="${verdictColor(f)}"/>`);
     const shown = f.target!.on === 'ratio' ? `${f.ratio!.toFixed(2)}x vs ${f.peer!.label}` : formatValue(f.ours!.value, f.unit);
-    body.push(`<text x="${WIDTH - 12}" y="${y + 15}" text-anchor="end" fill="${verdictColor(f)}">${escapeXml(`${shown} (${formatTarget(f.target!, f.unit)})`)}</text>`);
+    body.push(`<text x="${SUMMARY_BAR_X + SUMMARY_BAR_W + 12}" y="${y + 15}" fill="${verdictColor(f)}">${escapeXml(`${shown} (${formatTarget(f.target!, f.unit)})`)}</text>`);
   });
   return frame('rxvirt benchmarks: every target', subtitle, height, body);
 }

@@ -1,17 +1,19 @@
 // VMM memory: resident memory of a VMM process (and any children) excluding the guest's RAM,
 // read from /proc/PID/smaps, for rxvirt's KVM VMM beside QEMU's for the same guest: 1 vCPU
 // in a halt loop (the same four bytes for both), the same RAM size, COM1 and one virtio-blk
-// disk on virtio-mmio with its ioeventfd and irqfd. Both sides run alternated, several rounds.
+// disk on virtio-mmio with its ioeventfd and irqfd. rxvirt runs twice: from source through tsx
+// (how a checkout runs it) and bundled into plain JavaScript (how a deployment would). The
+// sides run alternated, several rounds.
 // The vhost-user benchmark reuses memoryUse() for the two block back-ends.
 // Run directly: `npx tsx bench/memory.ts [--quick]`.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { alternate, figure, formatTable, skipped, type Figure } from './harness.ts';
-import { hasCommand, tail } from './tools.ts';
+import { hasCommand, REPO_ROOT, tail } from './tools.ts';
 
 const GROUP = 'memory';
 const RAM_MIB = 256;
@@ -32,8 +34,12 @@ export interface Mapping {
 export interface MemoryUse {
   /** Resident KiB, guest RAM excluded. */
   rssKiB: number;
-  /** Private (clean + dirty) resident KiB, guest RAM excluded: what one more such process costs. */
-  privateKiB: number;
+  /**
+   * Anonymous resident KiB (heaps, stacks, JIT code), guest RAM excluded: what one more such
+   * process costs. Unlike Private_*, it does not depend on whether another process happens to
+   * map the same binary.
+   */
+  anonKiB: number;
   /** Resident KiB of the mappings excluded as guest RAM. */
   guestKiB: number;
   processes: number;
@@ -65,7 +71,7 @@ function processTree(pid: number): number[] {
 
 /** Memory of `pid` and its descendants; mappings for which `isGuestRam` is true are left out. */
 export function memoryUse(pid: number, isGuestRam: (m: Mapping) => boolean): MemoryUse {
-  const use: MemoryUse = { rssKiB: 0, privateKiB: 0, guestKiB: 0, processes: 0 };
+  const use: MemoryUse = { rssKiB: 0, anonKiB: 0, guestKiB: 0, processes: 0 };
   for (const p of processTree(pid)) {
     let smaps: string;
     try {
@@ -81,7 +87,7 @@ export function memoryUse(pid: number, isGuestRam: (m: Mapping) => boolean): Mem
         guest = isGuestRam({ start: BigInt(`0x${header[1]}`), path: header[2]! });
         continue;
       }
-      const field = /^(Rss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);
+      const field = /^(Rss|Anonymous):\s+(\d+) kB/.exec(line);
       if (!field) continue;
       const kib = Number(field[2]);
       if (guest) {
@@ -89,7 +95,7 @@ export function memoryUse(pid: number, isGuestRam: (m: Mapping) => boolean): Mem
       } else if (field[1] === 'Rss') {
         use.rssKiB += kib;
       } else {
-        use.privateKiB += kib;
+        use.anonKiB += kib;
       }
     }
   }
@@ -98,10 +104,10 @@ export function memoryUse(pid: number, isGuestRam: (m: Mapping) => boolean): Mem
 
 interface Sample {
   rss: number;
-  private: number;
+  anon: number;
 }
 
-const toMiB = (u: MemoryUse): Sample => ({ rss: u.rssKiB / 1024, private: u.privateKiB / 1024 });
+const toMiB = (u: MemoryUse): Sample => ({ rss: u.rssKiB / 1024, anon: u.anonKiB / 1024 });
 
 /** Starts `command`, waits for `ready` (or SETTLE_MS), measures, then stops it with SIGTERM (SIGKILL after 5 s). */
 function measureProcess(command: string, args: string[], ready: (stdout: string) => boolean, isGuestRam: (out: string) => (m: Mapping) => boolean): Promise<Sample> {
@@ -143,10 +149,10 @@ function measureProcess(command: string, args: string[], ready: (stdout: string)
   });
 }
 
-/** The rxvirt VMM: this file in a child process (see vmmChild below). */
-function rxvirtVmm(image: string): Promise<Sample> {
-  const script = fileURLToPath(import.meta.url);
-  return measureProcess(process.execPath, ['--import', 'tsx', script, '--vmm-child', image, String(RAM_MIB)],
+/** The rxvirt VMM: this file in a child process (see vmmChild below), from source through tsx or bundled. */
+function rxvirtVmm(image: string, bundle?: string): Promise<Sample> {
+  const script = bundle ? [bundle] : ['--import', 'tsx', fileURLToPath(import.meta.url)];
+  return measureProcess(process.execPath, [...script, '--vmm-child', image, String(RAM_MIB)],
     (out) => out.includes('\n'),
     (out) => {
       const { guestRam } = JSON.parse(out.split('\n')[0]!) as { guestRam: string[] };
@@ -162,6 +168,25 @@ function qemuVmm(image: string, bios: string): Promise<Sample> {
     '-bios', bios, '-nodefaults', '-nographic', '-serial', 'null', '-monitor', 'none',
     '-drive', `file=${image},if=none,id=d0,format=raw`, '-device', 'virtio-blk-device,drive=d0',
   ], () => true, () => (m) => m.path === QEMU_GUEST_RAM);
+}
+
+/**
+ * This file bundled into one plain JavaScript module with the esbuild that tsx brings (koffi
+ * stays external: it loads a native addon), i.e. rxvirt as a deployment would run it. Null
+ * when esbuild is not there.
+ */
+function bundleSelf(): string | null {
+  const esbuild = join(REPO_ROOT, 'node_modules', '.bin', 'esbuild');
+  if (!existsSync(esbuild)) return null;
+  const out = join(REPO_ROOT, 'bench', 'results', '.build', `memory-vmm-${process.pid}.mjs`);
+  try {
+    execFileSync(esbuild, [fileURLToPath(import.meta.url), '--bundle', '--platform=node', '--format=esm', '--external:koffi', `--outfile=${out}`,
+      '--log-level=error', "--banner:js=import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);"],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+    return out;
+  } catch {
+    return null; // the bundled figures are extra: the run goes on without them
+  }
 }
 
 /** The guest as a firmware image for QEMU: 64 KiB whose reset vector (offset 0xfff0) holds it. */
@@ -180,26 +205,39 @@ export interface MemoryOptions {
 
 export async function benchMemory(options: MemoryOptions = {}): Promise<Figure[]> {
   const rounds = options.rounds ?? 3;
-  const names = ['VMM RSS excl. guest RAM', 'VMM private memory excl. guest RAM'];
+  const names = ['VMM RSS excl. guest RAM', 'VMM anonymous memory excl. guest RAM'];
   const shape = { unit: 'MiB', better: 'lower' } as const;
   const missing = !existsSync('/dev/kvm') ? 'no /dev/kvm' : !hasCommand('qemu-system-x86_64') ? 'qemu-system-x86_64 not installed (Debian package qemu-system-x86)' : null;
   if (missing) return names.map((n) => skipped(GROUP, n, missing, shape));
   const dir = mkdtempSync(join(tmpdir(), 'rxvirt-bench-mem-'));
+  let bundle: string | null = null;
   try {
     const image = join(dir, 'disk.img');
     writeFileSync(image, new Uint8Array(1 << 20));
     const bios = firmware(dir);
-    const [ours, qemu] = await alternate(rounds, [() => rxvirtVmm(image), () => qemuVmm(image, bios)], (s, r) =>
-      options.log?.(`memory: round ${r + 1}/${rounds} ${s === 0 ? 'rxvirt' : 'QEMU'}`));
-    const note = `${RAM_MIB} MiB guest halted, COM1 + virtio-blk (virtio-mmio, ioeventfd/irqfd); QEMU -accel kvm microvm; rxvirt under node --import tsx; measured ${SETTLE_MS} ms after start`;
-    return [
-      figure({ group: GROUP, name: names[0]!, ...shape, ours: ours!.map((s) => s.rss), peer: { label: 'QEMU', samples: qemu!.map((s) => s.rss) }, note }),
-      figure({ group: GROUP, name: names[1]!, ...shape, ours: ours!.map((s) => s.private), peer: { label: 'QEMU', samples: qemu!.map((s) => s.private) }, note }),
+    bundle = bundleSelf();
+    const sides = [() => rxvirtVmm(image), () => qemuVmm(image, bios), ...(bundle ? [() => rxvirtVmm(image, bundle!)] : [])];
+    const labels = ['rxvirt (tsx)', 'QEMU', 'rxvirt (bundled)'];
+    const [ours, qemu, bundled] = await alternate(rounds, sides, (s, r) => options.log?.(`memory: round ${r + 1}/${rounds} ${labels[s]}`));
+    const note = `${RAM_MIB} MiB guest halted, COM1 + virtio-blk (virtio-mmio, ioeventfd/irqfd); QEMU -accel kvm microvm; measured ${SETTLE_MS} ms after start`;
+    const peer = (pick: (s: Sample) => number) => ({ label: 'QEMU', samples: qemu!.map(pick) });
+    const figures = [
+      figure({ group: GROUP, name: names[0]!, ...shape, ours: ours!.map((s) => s.rss), peer: peer((s) => s.rss), note: `${note}; rxvirt from source (node --import tsx)` }),
+      figure({ group: GROUP, name: names[1]!, ...shape, ours: ours!.map((s) => s.anon), peer: peer((s) => s.anon), note: `${note}; rxvirt from source (node --import tsx)` }),
     ];
+    if (bundled) {
+      const bundleNote = `${note}; rxvirt bundled into one .mjs by esbuild, plain node (no tsx)`;
+      figures.push(
+        figure({ group: GROUP, name: `${names[0]!}, bundled`, ...shape, ours: bundled.map((s) => s.rss), peer: peer((s) => s.rss), note: bundleNote }),
+        figure({ group: GROUP, name: `${names[1]!}, bundled`, ...shape, ours: bundled.map((s) => s.anon), peer: peer((s) => s.anon), note: bundleNote }),
+      );
+    }
+    return figures;
   } catch (err) {
     return names.map((n) => skipped(GROUP, n, (err as Error).message.split('\n')[0]!, shape));
   } finally {
     rmSync(dir, { recursive: true, force: true });
+    if (bundle) rmSync(bundle, { force: true });
   }
 }
 

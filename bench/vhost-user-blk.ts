@@ -204,6 +204,7 @@ export async function benchVhostUserBlk(options: VhostUserBlkOptions = {}): Prom
   const all = (why: string) => [
     ...TESTS.map((t) => skipped(GROUP, t.name, why, { unit: t.unit, better: 'higher', target: TARGET })),
     skipped(GROUP, 'back-end RSS excl. guest RAM', why, { unit: 'MiB', better: 'lower' }),
+    skipped(GROUP, 'back-end anonymous memory excl. guest RAM', why, { unit: 'MiB', better: 'lower' }),
   ];
   if (!hasCommand('qemu-system-x86_64')) return all('qemu-system-x86_64 not installed (Debian package qemu-system-x86)');
   if (!hasCommand('qemu-storage-daemon')) return all('qemu-storage-daemon not installed (Debian package qemu-system-common)');
@@ -260,11 +261,12 @@ export async function benchVhostUserBlk(options: VhostUserBlkOptions = {}): Prom
       group: GROUP, name: t.name, unit: t.unit, better: 'higher', target: TARGET, note,
       ours: ours!.map((s) => s.values[t.key]!), peer: { label: 'qemu-storage-daemon', samples: peer!.map((s) => s.values[t.key]!) },
     }));
-    const rss = (xs: RunSample[]) => xs.flatMap((s) => (s.memory ? [s.memory.rssKiB / 1024] : []));
-    if (rss(ours!).length > 0 && rss(peer!).length > 0) {
+    const mib = (xs: RunSample[], pick: (m: MemoryUse) => number) => xs.flatMap((s) => (s.memory ? [pick(s.memory) / 1024] : []));
+    for (const [name, pick] of [['back-end RSS excl. guest RAM', (m: MemoryUse) => m.rssKiB], ['back-end anonymous memory excl. guest RAM', (m: MemoryUse) => m.anonKiB]] as const) {
+      if (mib(ours!, pick).length === 0 || mib(peer!, pick).length === 0) continue;
       figures.push(figure({
-        group: GROUP, name: 'back-end RSS excl. guest RAM', unit: 'MiB', better: 'lower',
-        ours: rss(ours!), peer: { label: 'qemu-storage-daemon', samples: rss(peer!) }, note: 'sampled during the QD32 test',
+        group: GROUP, name, unit: 'MiB', better: 'lower', ours: mib(ours!, pick), peer: { label: 'qemu-storage-daemon', samples: mib(peer!, pick) },
+        note: `sampled during the QD32 test; rxvirt from source (node --import tsx)`,
       }));
     }
     return figures;
