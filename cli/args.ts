@@ -37,7 +37,7 @@ export function parseFlags<S extends FlagSpec>(
     const kind = spec[name];
     if (!kind) {
       const known = Object.keys(spec).map((k) => `--${k}`).join(', ');
-      throw new UsageError(`${command}: unknown option '--${name}' (expected one of: ${known})`);
+      throw new UsageError(`${command}: unknown option '--${name}' (${known ? `expected one of: ${known}` : `${command} takes no options`})`);
     }
     if (kind === 'boolean') {
       if (eq >= 0) throw new UsageError(`${command}: --${name} takes no value`);

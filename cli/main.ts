@@ -6,12 +6,17 @@ import { guestBuild } from './guest-image/command.ts';
 import { parseFlags, UsageError } from './args.ts';
 import { vhostUserCommand } from './vhost-user-command.ts';
 import { dtbCommand } from './dtb-command.ts';
+import { runCommand } from './run-command.ts';
+import { startCommand } from './start-command.ts';
 
 const USAGE = `usage: rxvirt <command> [options]
 
 commands:
   info        show what this host offers (hypervisors, tools) and what rxvirt can run here
-  start       the main job: boot the example VM with console and block devices
+  start       the main job: build the guest if needed and boot it with a console (shell on hvc0) and a disk
+  run --kernel K [--initrd I] [--cmdline S] [--memory 256M] [--cpus N] [--disk PATH[,readonly][,serial=ID]]...
+      [--console stdio|unix:PATH|file:PATH] [--serial stdio|file:PATH] [--rng] [--hypervisor auto|kvm|gunyah]
+              boot a Linux kernel on rxvirt's own VMM
   vhost-user blk --socket PATH --image FILE [--readonly] [--serial ID]
   vhost-user rng --socket PATH
   vhost-user console --socket PATH [--to stdio|unix:PATH|file:PATH]
@@ -31,12 +36,6 @@ function info(): void {
   console.log(`  /dev/kvm:    ${kvm ? `present${pvm ? ' (kvm_pvm: guest kernel code is emulated)' : ''}` : 'absent'}`);
   console.log(`  /dev/gunyah: ${gunyah ? 'present' : 'absent (Gunyah is verified against its ABI and a model of the driver)'}`);
   console.log('  devices:     virtio-console, virtio-blk, virtio-rng over virtio-mmio');
-}
-
-function start(): void {
-  info();
-  console.log('\nThe VM runtime is not built yet: `rxvirt start` will boot the example VM once it lands.');
-  console.log('What runs today: the device kit, virtio-mmio transport and devices, exercised by `npm test`.');
 }
 
 function guest(args: string[]): Promise<number> {
@@ -60,9 +59,9 @@ function main(argv: string[]): number | Promise<number> {
       info();
       return 0;
     case 'start':
-      if (rest.length) throw new UsageError(`start: unexpected argument '${rest[0]}' (start takes no arguments)`);
-      start();
-      return 0;
+      return startCommand(rest);
+    case 'run':
+      return runCommand(rest);
     case 'guest':
       return guest(rest);
     case 'vhost-user':
@@ -70,7 +69,7 @@ function main(argv: string[]): number | Promise<number> {
     case 'dtb':
       return dtbCommand(rest);
     default:
-      throw new UsageError(`unknown command '${command}' (expected one of: info, start, vhost-user, dtb, guest, help)`);
+      throw new UsageError(`unknown command '${command}' (expected one of: info, start, run, vhost-user, dtb, guest, help)`);
   }
 }
 
