@@ -31,7 +31,15 @@ export class FuzzHarness {
       },
       name: `fuzz-${device.type}`,
     });
-    const features = options.features ?? this.state.offeredFeatures;
+    this.features = options.features ?? this.state.offeredFeatures;
+    this.negotiate();
+  }
+
+  private readonly features: bigint;
+
+  /** The driver's side of §3.1.1 over this harness's rings. */
+  private negotiate(): void {
+    const features = this.features;
     const s = this.state;
     s.writeStatus(STATUS_ACKNOWLEDGE);
     s.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
@@ -47,6 +55,20 @@ export class FuzzHarness {
 
   get status(): number {
     return this.state.status;
+  }
+
+  /**
+   * A driver re-probe: status 0, then negotiation again over freshly zeroed rings. Waits for the
+   * reset only if status does not read 0 at once (chains the device still holds are dropped);
+   * `beforeRingsCleared` may still take what the device published before it stopped.
+   */
+  async restart(beforeRingsCleared: () => void = () => {}): Promise<void> {
+    const done = this.state.reset();
+    if (this.state.status !== 0) await done;
+    await Promise.resolve(); // used elements flushed by the stop are in the rings now
+    beforeRingsCleared();
+    for (const dq of this.queues) dq.reset();
+    this.negotiate();
   }
 
   kick(i: number): void {
