@@ -105,9 +105,22 @@ export function skipped(group: string, name: string, why: string, shape: Partial
 /**
  * Runs `sides` alternately for `rounds` rounds and returns each side's results in round order.
  * The order flips every round (A B, B A, A B, ...) so neither side always runs first (warm
- * caches, CPU frequency, a neighbour's burst).
+ * caches, CPU frequency, a neighbour's burst). With `warmup`, each side first runs once more,
+ * unrecorded (onRun sees round -1).
  */
-export async function alternate<T>(rounds: number, sides: readonly (() => Promise<T>)[], onRun?: (side: number, round: number) => void): Promise<T[][]> {
+export async function alternate<T>(
+  rounds: number,
+  sides: readonly (() => Promise<T>)[],
+  onRun?: (side: number, round: number) => void,
+  options: { warmup?: boolean } = {},
+): Promise<T[][]> {
+  if (options.warmup) {
+    // One discarded run per side: JIT tiers, page cache and CPU caches reach their steady state.
+    for (let i = 0; i < sides.length; i++) {
+      onRun?.(i, -1);
+      await sides[i]!();
+    }
+  }
   const out: T[][] = sides.map(() => []);
   for (let r = 0; r < rounds; r++) {
     const order = sides.map((_, i) => i);

@@ -134,6 +134,8 @@ async function main(): Promise<number> {
   const m = report.machine;
   console.log(`\nrxvirt benchmarks, ${report.date.slice(0, 16).replace('T', ' ')} UTC, ${m.cpu}, ${m.cores} cores, Linux ${m.kernel} (${m.kvm}), Node ${m.node}, QEMU ${m.qemu ?? 'absent'}${report.quick ? ', quick run' : ''}\n`);
   console.log(formatTable(figures));
+  const notes = [...new Set(figures.flatMap((f) => (f.note ? [`${f.group}: ${f.note}`] : [])))];
+  if (notes.length > 0) console.log(`\nhow:\n${notes.map((n) => `  ${n}`).join('\n')}`);
   const out = settings.out;
   const json = writeReport(out, report);
   mkdirSync(out, { recursive: true });

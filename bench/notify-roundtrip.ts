@@ -32,10 +32,13 @@ const TARGET = { on: 'ratio', op: '<=', bound: 2 } as const;
 
 export interface NotifyOptions {
   rounds?: number;
-  /** Round trips measured per run (after a tenth as many for warm-up). */
+  /** Round trips measured per run (after max(2000, count / 10) unmeasured ones; each side also gets one whole warm-up run). */
   count?: number;
   log?: (line: string) => void;
 }
+
+/** Round trips run before the measured ones in each run. */
+const warmupOf = (count: number) => Math.max(2_000, Math.ceil(count / 10));
 
 interface Sample {
   p50: number;
@@ -97,7 +100,7 @@ async function rxvirtRun(binary: string, count: number, at: Placement): Promise<
     try {
       const r = await run(binary, [
         'driver', '3', '4', '5', String(QUEUE_SIZE), String(q.descTable), String(q.availRing), String(q.usedRing), String(data),
-        String(Math.ceil(count / 10)), String(count), String(at.driverCpu),
+        String(warmupOf(count)), String(count), String(at.driverCpu),
       ], { stdio: ['ignore', 'pipe', 'pipe', memfd, kick.fd, call.fd], timeoutMs: 60_000 + count });
       if (r.code !== 0) throw new Error(`notify driver (rxvirt device) failed: ${r.timedOut ? 'timed out' : tail(r.stderr)}`);
       if (transport.state.status & STATUS_DEVICE_NEEDS_RESET) throw new Error('notify bench: the device asked for a reset');
@@ -117,7 +120,7 @@ async function rxvirtRun(binary: string, count: number, at: Placement): Promise<
 }
 
 async function floorRun(binary: string, count: number, at: Placement): Promise<Sample> {
-  const r = await run(binary, ['floor', String(QUEUE_SIZE), String(Math.ceil(count / 10)), String(count), String(at.driverCpu), String(at.deviceCpu)], { timeoutMs: 60_000 + count });
+  const r = await run(binary, ['floor', String(QUEUE_SIZE), String(warmupOf(count)), String(count), String(at.driverCpu), String(at.deviceCpu)], { timeoutMs: 60_000 + count });
   if (r.code !== 0) throw new Error(`notify floor failed: ${r.timedOut ? 'timed out' : tail(r.stderr)}`);
   return parseSample(r.stdout);
 }
@@ -140,7 +143,7 @@ export async function benchNotify(options: NotifyOptions = {}): Promise<Figure[]
   const figures: Figure[] = [];
   for (const at of placements) {
     const [ours, floor] = await alternate(rounds, [() => rxvirtRun(binary, count, at), () => floorRun(binary, count, at)], (s, r) =>
-      options.log?.(`notify ${at.name}: round ${r + 1}/${rounds} ${s === 0 ? 'rxvirt' : 'C floor'}`));
+      options.log?.(`notify ${at.name}: ${r < 0 ? 'warm-up' : `round ${r + 1}/${rounds}`} ${s === 0 ? 'rxvirt' : 'C floor'}`), { warmup: true });
     const note = `driver (C process) on CPU ${at.driverCpu}, device on CPU ${at.deviceCpu}; ${count} round trips per run, ${rounds} runs per side alternated; EVENT_IDX on`;
     for (const p of ['p50', 'p99'] as const) {
       figures.push(figure({

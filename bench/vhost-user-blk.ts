@@ -255,17 +255,28 @@ export async function benchVhostUserBlk(options: VhostUserBlkOptions = {}): Prom
         await stopBackend(backend);
       }
     };
-    const [ours, peer] = await alternate(rounds, backends.map(once), (s, r) => log?.(`vhost-user-blk: round ${r + 1}/${rounds} ${backends[s]!.label}`));
-    const note = `QEMU ${GUEST_RAM} TCG guest, 1 vCPU, ${imageMiB} MiB raw image in the host page cache, ${seconds} s per test, ${rounds} boots per back-end alternated${launcher.note ? `; ${launcher.note}` : ''}`;
+    // A boot that fails (a timeout on a machine under load) costs its round, not the benchmark.
+    const tolerant = (f: () => Promise<RunSample>, label: string) => () => f().catch((err: Error) => {
+      log?.(`vhost-user-blk: ${label} run failed: ${err.message.split('\n')[0]}`);
+      return err;
+    });
+    const [oursRuns, peerRuns] = await alternate(rounds, backends.map((b) => tolerant(once(b), b.label)), (s, r) => log?.(`vhost-user-blk: round ${r + 1}/${rounds} ${backends[s]!.label}`));
+    const ok = (xs: (RunSample | Error)[]) => xs.filter((x): x is RunSample => !(x instanceof Error));
+    const ours = ok(oursRuns!);
+    const peer = ok(peerRuns!);
+    if (ours.length === 0 || peer.length === 0) throw (ours.length === 0 ? oursRuns! : peerRuns!).find((x) => x instanceof Error)!;
+    const failed = rounds * 2 - ours.length - peer.length;
+    const note = `QEMU ${GUEST_RAM} TCG guest, 1 vCPU, ${imageMiB} MiB raw image in the host page cache, ${seconds} s per test, ${rounds} boots per back-end alternated${
+      failed > 0 ? ` (${failed} failed, left out)` : ''}${launcher.note ? `; ${launcher.note}` : ''}`;
     const figures = TESTS.map((t) => figure({
       group: GROUP, name: t.name, unit: t.unit, better: 'higher', target: TARGET, note,
-      ours: ours!.map((s) => s.values[t.key]!), peer: { label: 'qemu-storage-daemon', samples: peer!.map((s) => s.values[t.key]!) },
+      ours: ours.map((s) => s.values[t.key]!), peer: { label: 'qemu-storage-daemon', samples: peer.map((s) => s.values[t.key]!) },
     }));
     const mib = (xs: RunSample[], pick: (m: MemoryUse) => number) => xs.flatMap((s) => (s.memory ? [pick(s.memory) / 1024] : []));
     for (const [name, pick] of [['back-end RSS excl. guest RAM', (m: MemoryUse) => m.rssKiB], ['back-end anonymous memory excl. guest RAM', (m: MemoryUse) => m.anonKiB]] as const) {
-      if (mib(ours!, pick).length === 0 || mib(peer!, pick).length === 0) continue;
+      if (mib(ours, pick).length === 0 || mib(peer, pick).length === 0) continue;
       figures.push(figure({
-        group: GROUP, name, unit: 'MiB', better: 'lower', ours: mib(ours!, pick), peer: { label: 'qemu-storage-daemon', samples: mib(peer!, pick) },
+        group: GROUP, name, unit: 'MiB', better: 'lower', ours: mib(ours, pick), peer: { label: 'qemu-storage-daemon', samples: mib(peer, pick) },
         note: `sampled during the QD32 test; rxvirt from source (node --import tsx)`,
       }));
     }
