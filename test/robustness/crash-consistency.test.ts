@@ -158,6 +158,7 @@ async function trial(n: number, rng: Prng): Promise<void> {
       await waitFor(() => inFlight.size < 8);
       if (rng.chance(0.5)) {
         const before = outcome.flushes;
+        await waitFor(() => writes.some((w) => w.acked)); // something for this flush to make durable
         submitFlush();
         ring.kick.signal();
         await waitFor(() => outcome.flushes > before);
