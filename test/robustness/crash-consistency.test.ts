@@ -6,7 +6,7 @@
 // zero lost acknowledged-and-flushed writes. (A write acknowledged but not yet flushed must
 // be there too: the back-end only acknowledges after pwrite returned, and SIGKILL does not
 // drop the page cache; that stronger check is counted separately.) RXVIRT_CRASH_TRIALS
-// sets the number of trials (default 8); RXVIRT_SEED replays a run.
+// sets the number of trials (default 6); RXVIRT_SEED replays a run.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,7 +25,7 @@ const T_OUT = 1, T_FLUSH = 4;
 const MAGIC = 0x72786372; // "rxcr"
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rxvirt-crash-'));
-const trials = Number(process.env.RXVIRT_CRASH_TRIALS ?? 8);
+const trials = Number(process.env.RXVIRT_CRASH_TRIALS ?? 6);
 const seed = chooseSeed();
 
 /** One write: sectors [sector, sector+count) tagged with its id. */
