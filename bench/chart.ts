@@ -133,7 +133,7 @@ export function summaryChart(figures: readonly Figure[], subtitle: string): stri
 /** File name -> SVG text for a report: summary.svg and one <group>.svg per benchmark group. */
 export function renderCharts(report: Report): Map<string, string> {
   const m = report.machine;
-  const subtitle = `${report.date.slice(0, 10)} · ${m.cpu} · ${m.cores} cores · Linux ${m.kernel} · ${m.kvm} · Node ${m.node}${report.quick ? ' · quick run' : ''}`;
+  const subtitle = `${report.date.slice(0, 10)} · ${m.cpu} · ${m.cores} cores · Linux ${m.kernel} · ${m.kvm} · Node ${m.node} · load ${report.load.start} -> ${report.load.end}${report.quick ? ' · quick run' : ''}`;
   const out = new Map<string, string>();
   out.set('summary.svg', summaryChart(report.figures, subtitle));
   for (const group of new Set(report.figures.map((f) => f.group))) out.set(`${group}.svg`, groupChart(group, report.figures, subtitle));

@@ -5,7 +5,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, release, totalmem } from 'node:os';
+import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 
 /** A bound on a figure: on its own value (ms, chains/s) or on ours / peer. */
@@ -219,10 +219,17 @@ export function describeMachine(): Machine {
 export interface Report {
   date: string;
   machine: Machine;
+  /** 1-minute load average when the run started and when it ended: how busy the machine was. */
+  load: { start: number; end: number };
   quick: boolean;
   /** Wall-clock seconds of the whole run. */
   seconds: number;
   figures: Figure[];
+}
+
+/** The 1-minute load average, two decimals. */
+export function loadNow(): number {
+  return Math.round(loadavg()[0]! * 100) / 100;
 }
 
 /** Writes `latest.json` (and returns its path). */

@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { parseFlags, parseIntInRange, UsageError } from '../cli/args.ts';
 import { benchBlock } from './block.ts';
 import { renderCharts } from './chart.ts';
-import { describeMachine, figure, formatTable, markdownTable, skipped, writeReport, type Figure, type Report } from './harness.ts';
+import { describeMachine, figure, formatTable, loadNow, markdownTable, skipped, writeReport, type Figure, type Report } from './harness.ts';
 import { benchMemory } from './memory.ts';
 import { benchNotify } from './notify-roundtrip.ts';
 import { benchSplitQueue } from './split-queue.ts';
@@ -111,6 +111,7 @@ async function main(): Promise<number> {
     return 2;
   }
   const started = performance.now();
+  const loadAtStart = loadNow();
   const figures: Figure[] = [];
   for (const b of BENCHMARKS) {
     if (settings.only.length > 0 && !settings.only.includes(b.name)) continue;
@@ -127,12 +128,13 @@ async function main(): Promise<number> {
   const report: Report = {
     date: new Date().toISOString(),
     machine: describeMachine(),
+    load: { start: loadAtStart, end: loadNow() },
     quick: settings.quick,
     seconds: Math.round((performance.now() - started) / 100) / 10,
     figures,
   };
   const m = report.machine;
-  console.log(`\nrxvirt benchmarks, ${report.date.slice(0, 16).replace('T', ' ')} UTC, ${m.cpu}, ${m.cores} cores, Linux ${m.kernel} (${m.kvm}), Node ${m.node}, QEMU ${m.qemu ?? 'absent'}${report.quick ? ', quick run' : ''}\n`);
+  console.log(`\nrxvirt benchmarks, ${report.date.slice(0, 16).replace('T', ' ')} UTC, ${m.cpu}, ${m.cores} cores, Linux ${m.kernel} (${m.kvm}), Node ${m.node}, QEMU ${m.qemu ?? 'absent'}, load ${report.load.start} -> ${report.load.end}${report.quick ? ', quick run' : ''}\n`);
   console.log(formatTable(figures));
   const notes = [...new Set(figures.flatMap((f) => (f.note ? [`${f.group}: ${f.note}`] : [])))];
   if (notes.length > 0) console.log(`\nhow:\n${notes.map((n) => `  ${n}`).join('\n')}`);

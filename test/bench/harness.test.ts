@@ -77,7 +77,7 @@ test('charts: one SVG per group plus a summary; text is escaped; margins read th
   assert.is(margin(figures[0]!), 2, 'ratio 1 against "<= 2x" is twice as good as needed');
   assert.is(margin(figures[1]!), 4);
   assert.is(margin(figures[2]!), undefined);
-  const report: Report = { date: '2026-11-26T00:00:00.000Z', machine: { cpu: 'cpu', cores: 2, memoryGiB: 1, kernel: 'k', node: 'v20', kvm: 'kvm', qemu: null }, quick: true, seconds: 1, figures };
+  const report: Report = { date: '2026-11-26T00:00:00.000Z', machine: { cpu: 'cpu', cores: 2, memoryGiB: 1, kernel: 'k', node: 'v20', kvm: 'kvm', qemu: null }, load: { start: 0.5, end: 1 }, quick: true, seconds: 1, figures };
   const charts = renderCharts(report);
   assert.equal([...charts.keys()].sort(), ['memory.svg', 'notify.svg', 'split-queue.svg', 'summary.svg']);
   for (const [name, svg] of charts) {
