@@ -5,7 +5,6 @@
 // loader fills it) and is refused to devices from then on. It ends exactly once (the first
 // outcome wins) and close() releases every fd and mapping it made.
 
-import { Subject, type Observable } from 'rxjs';
 import {
   GH_CREATE_VM, GH_FN_IOEVENTFD, GH_FN_IRQFD, GH_MEM_ALLOW_EXEC, GH_MEM_ALLOW_READ, GH_MEM_ALLOW_WRITE, GH_VM_ADD_FUNCTION,
   GH_VM_ANDROID_LEND_USER_MEM, GH_VM_ANDROID_SET_FW_CONFIG, GH_VM_REMOVE_FUNCTION, GH_VM_SET_DTB_CONFIG,
@@ -15,10 +14,9 @@ import {
 import type { EventFd } from '../../eventfd.ts';
 import { GuestMemory, type GuestRegion } from '../../guest-memory.ts';
 import { MmioBus } from '../../mmio-bus.ts';
-import type {
-  IoEventMatch, IrqFdBinding, IrqFdOptions, MemoryRegionConfig, Registration, Vm, VmConfig, VmEvent, VmOutcome, VmState,
-} from '../hypervisor.ts';
+import type { IoEventMatch, IrqFdBinding, IrqFdOptions, MemoryRegionConfig, Registration, Vm, VmConfig } from '../hypervisor.ts';
 import { VmError } from '../vm-error.ts';
+import { VmLifecycle } from '../vm-lifecycle.ts';
 import { doorbellLabel } from './arm64-layout.ts';
 import type { GunyahDriver, GunyahMapping } from './gunyah-driver.ts';
 import { GunyahVcpu, type GunyahVcpuHost } from './gunyah-vcpu.ts';
@@ -66,16 +64,8 @@ interface IoEventEntry {
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 
-export class GunyahVm implements Vm, GunyahVcpuHost {
+export class GunyahVm extends VmLifecycle<GunyahVcpu> implements Vm, GunyahVcpuHost {
   readonly mmio = new MmioBus();
-  private readonly allVcpus: GunyahVcpu[] = [];
-  private readonly events = new Subject<VmEvent>();
-  readonly events$: Observable<VmEvent> = this.events.asObservable();
-  readonly outcome: Promise<VmOutcome>;
-  private resolveOutcome!: (outcome: VmOutcome) => void;
-  private ending: Promise<VmOutcome> | null = null;
-  private closing: Promise<void> | null = null;
-  private currentState: VmState = 'created';
   private guestMemory: GuestMemory | null = null;
   private readonly mappings: GunyahMapping[] = [];
   private boot: GunyahBootConfig | null = null;
@@ -83,7 +73,7 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
   private readonly ioEvents = new Map<number, IoEventEntry>();
 
   private constructor(private readonly device: GunyahDevice, readonly fd: number, private readonly config: GunyahVmConfig) {
-    this.outcome = new Promise((resolve) => { this.resolveOutcome = resolve; });
+    super('Gunyah VM');
   }
 
   get driver(): GunyahDriver {
@@ -114,25 +104,16 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
     return this.guestMemory;
   }
 
-  get vcpus(): readonly GunyahVcpu[] {
-    return this.allVcpus;
-  }
-
-  get state(): VmState {
-    return this.currentState;
-  }
-
   /** The memory layout the VM was created with (labels are indexes). */
   get regions(): readonly GunyahRegionConfig[] {
     return this.config.memory;
   }
 
   createVcpu(): GunyahVcpu {
-    this.checkState('created', 'createVcpu');
-    if (this.allVcpus.length >= this.device.maxVcpus) throw new VmError('EINVAL', `Gunyah VM: more than ${this.device.maxVcpus} vCPUs`);
-    const vcpu = GunyahVcpu.create(this, this.fd, this.allVcpus.length);
-    this.allVcpus.push(vcpu);
-    return vcpu;
+    return this.addVcpu((id) => {
+      if (id >= this.device.maxVcpus) throw new VmError('EINVAL', `Gunyah VM: more than ${this.device.maxVcpus} vCPUs`);
+      return GunyahVcpu.create(this, this.fd, id);
+    });
   }
 
   /** Where the DTB (and optional pVM firmware) lie; sent to the driver by start(), just before GH_VM_START. */
@@ -204,8 +185,7 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
    * loops. A failed start ends the VM with outcome 'error' (the driver has given up on it too).
    */
   async start(): Promise<void> {
-    this.checkState('created', 'start');
-    if (this.allVcpus.length === 0) throw new VmError('EINVAL', 'Gunyah VM: start without vCPUs');
+    this.checkStartable();
     if (!this.boot) throw new VmError('EINVAL', 'Gunyah VM: start without a DTB (setBootConfig)');
     const { dtb, firmware } = this.boot;
     try {
@@ -217,58 +197,15 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
         `GH_VM_SET_DTB_CONFIG ${hex(dtb.address)}+${hex(dtb.size)}`);
       this.driver.ioctl(this.fd, GH_VM_START, 0, 'GH_VM_START');
     } catch (e) {
-      const error = e instanceof Error ? e : new Error(String(e));
-      await this.finish({ kind: 'error', error });
-      throw error;
+      await this.failStart(e);
     }
     // Lent memory now belongs to the guest alone.
     this.config.memory.forEach((r) => { if (r.lend) this.memory.setAccessible(r.base, false); });
     this.currentState = 'running';
-    for (const v of this.allVcpus) {
+    for (const v of this.vcpus) {
       v.start();
-      this.events.next({ type: 'vcpu-started', vcpu: v.id, at: v.stats().firstEntryAt });
+      this.vcpuStarted(v);
     }
-  }
-
-  finish(outcome: VmOutcome): Promise<VmOutcome> {
-    if (this.ending) return this.ending;
-    if (this.currentState === 'closed') return this.outcome;
-    const wasRunning = this.currentState === 'running';
-    this.currentState = 'ending';
-    this.ending = (async () => {
-      if (wasRunning) {
-        for (const v of this.allVcpus) v.kick();
-        await Promise.all(this.allVcpus.map((v) => v.join()));
-      }
-      if (this.currentState === 'ending') this.currentState = 'ended';
-      this.events.next({ type: 'outcome', outcome });
-      this.resolveOutcome(outcome);
-      return outcome;
-    })();
-    return this.ending;
-  }
-
-  stop(): Promise<VmOutcome> {
-    return this.finish({ kind: 'stopped' });
-  }
-
-  close(): Promise<void> {
-    this.closing ??= (async () => {
-      await this.finish({ kind: 'stopped' });
-      try {
-        this.releaseResources();
-      } finally {
-        this.currentState = 'closed';
-        this.events.complete();
-      }
-    })();
-    return this.closing;
-  }
-
-  /** GunyahVcpuHost: a vCPU's run ended with an outcome, or because it was stopped (null). */
-  vcpuEnded(vcpu: GunyahVcpu, outcome: VmOutcome | null): void {
-    this.events.next({ type: 'vcpu-ended', vcpu: vcpu.id });
-    if (outcome) void this.finish(outcome);
   }
 
   private registerMemory(): void {
@@ -314,10 +251,10 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
   }
 
   /** Every fd and mapping, vCPUs first (each holds a reference on the VM), then the VM, then RAM. */
-  private releaseResources(): void {
+  protected override releaseResources(): void {
     const errors: unknown[] = [];
     const attempt = (f: () => void) => { try { f(); } catch (e) { errors.push(e); } };
-    for (const v of this.allVcpus) attempt(() => v.close());
+    for (const v of this.vcpus) attempt(() => v.close());
     attempt(() => this.driver.close(this.fd, 'close Gunyah VM'));
     if (this.guestMemory) {
       const memory = this.guestMemory;
@@ -328,13 +265,5 @@ export class GunyahVm implements Vm, GunyahVcpuHost {
     for (const e of this.ioEvents.values()) attempt(() => e.fanout?.close());
     this.ioEvents.clear();
     if (errors.length > 0) throw errors[0];
-  }
-
-  private checkState(expected: VmState, what: string): void {
-    if (this.currentState !== expected) throw new VmError('EBUSY', `Gunyah VM: ${what} while ${this.currentState}`);
-  }
-
-  private checkOpen(what: string): void {
-    if (this.currentState === 'closed') throw new VmError('EBADF', `Gunyah VM: ${what} after close`);
   }
 }

@@ -4,16 +4,14 @@
 // as the i8042, the host's stop, or a host failure) and close() releases every fd, mapping and
 // thread it made.
 
-import { Subject, type Observable } from 'rxjs';
 import * as libc from '../../../native/libc.ts';
 import * as kvm from '../../../native/kvm.ts';
 import { EventFd } from '../../eventfd.ts';
 import type { GuestMemory } from '../../guest-memory.ts';
 import { MmioBus } from '../../mmio-bus.ts';
-import type {
-  IoEventMatch, IrqFdBinding, IrqFdOptions, Registration, VmConfig, VmEvent, VmOutcome, VmState,
-} from '../hypervisor.ts';
+import type { IoEventMatch, IrqFdBinding, IrqFdOptions, Registration, VmConfig } from '../hypervisor.ts';
 import { VmError } from '../vm-error.ts';
+import { VmLifecycle } from '../vm-lifecycle.ts';
 import { attachPcLegacyDevices, type PcLegacyDevices, type PcLegacyOptions, type PortIoVm } from '../x86/pc-legacy.ts';
 import { PortBus } from '../x86/port-bus.ts';
 import type { Uart16550 } from '../x86/uart-16550.ts';
@@ -38,17 +36,9 @@ export interface KvmVmConfig extends VmConfig, PcLegacyOptions {
   interceptExit?: ExitInterceptor;
 }
 
-export class KvmVm implements PortIoVm, KvmVcpuHost {
+export class KvmVm extends VmLifecycle<KvmVcpu> implements PortIoVm, KvmVcpuHost {
   readonly mmio = new MmioBus();
   readonly ports = new PortBus();
-  private readonly allVcpus: KvmVcpu[] = [];
-  private readonly events = new Subject<VmEvent>();
-  readonly events$: Observable<VmEvent> = this.events.asObservable();
-  readonly outcome: Promise<VmOutcome>;
-  private resolveOutcome!: (outcome: VmOutcome) => void;
-  private ending: Promise<VmOutcome> | null = null;
-  private closing: Promise<void> | null = null;
-  private currentState: VmState = 'created';
   private readonly ownedEventFds = new Set<EventFd>();
   private legacy: PcLegacyDevices | null = null;
   private ram: KvmGuestRam | null = null;
@@ -56,7 +46,7 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
   readonly interceptExit?: ExitInterceptor;
 
   private constructor(private readonly hv: KvmHypervisor, readonly fd: number, private readonly config: KvmVmConfig) {
-    this.outcome = new Promise((resolve) => { this.resolveOutcome = resolve; });
+    super('KVM VM');
     this.exitPolling = config.exitPolling ?? {};
     if (config.interceptExit) this.interceptExit = config.interceptExit;
   }
@@ -91,26 +81,13 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
     return this.ram.memory;
   }
 
-  get vcpus(): readonly KvmVcpu[] {
-    return this.allVcpus;
-  }
-
-  get state(): VmState {
-    return this.currentState;
-  }
-
   /** COM1. */
   get uart(): Uart16550 {
     return this.legacy!.uart;
   }
 
   createVcpu(): KvmVcpu {
-    this.checkState('created', 'createVcpu');
-    const id = this.allVcpus.length;
-    const cpuid = this.cpuidFor(id);
-    const vcpu = KvmVcpu.create(this.fd, id, this.hv.vcpuMmapSize, cpuid, this);
-    this.allVcpus.push(vcpu);
-    return vcpu;
+    return this.addVcpu((id) => KvmVcpu.create(this.fd, id, this.hv.vcpuMmapSize, this.cpuidFor(id), this));
   }
 
   addIoEventFd(match: IoEventMatch, fd: EventFd): Registration {
@@ -164,60 +141,16 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
   }
 
   async start(): Promise<void> {
-    this.checkState('created', 'start');
-    if (this.allVcpus.length === 0) throw new VmError('EINVAL', 'KVM VM: start without vCPUs');
+    this.checkStartable();
     this.currentState = 'running';
     try {
-      await Promise.all(this.allVcpus.map(async (v) => {
+      await Promise.all(this.vcpus.map(async (v) => {
         await v.start();
-        this.events.next({ type: 'vcpu-started', vcpu: v.id, at: v.stats().firstEntryAt });
+        this.vcpuStarted(v);
       }));
     } catch (e) {
-      const error = e instanceof Error ? e : new Error(String(e));
-      await this.finish({ kind: 'error', error });
-      throw error;
+      await this.failStart(e);
     }
-  }
-
-  finish(outcome: VmOutcome): Promise<VmOutcome> {
-    if (this.ending) return this.ending;
-    if (this.currentState === 'closed') return this.outcome;
-    const wasRunning = this.currentState === 'running';
-    this.currentState = 'ending';
-    this.ending = (async () => {
-      if (wasRunning) {
-        for (const v of this.allVcpus) v.kick();
-        await Promise.all(this.allVcpus.map((v) => v.join()));
-      }
-      if (this.currentState === 'ending') this.currentState = 'ended';
-      this.events.next({ type: 'outcome', outcome });
-      this.resolveOutcome(outcome);
-      return outcome;
-    })();
-    return this.ending;
-  }
-
-  stop(): Promise<VmOutcome> {
-    return this.finish({ kind: 'stopped' });
-  }
-
-  close(): Promise<void> {
-    this.closing ??= (async () => {
-      await this.finish({ kind: 'stopped' });
-      try {
-        this.releaseResources();
-      } finally {
-        this.currentState = 'closed';
-        this.events.complete();
-      }
-    })();
-    return this.closing;
-  }
-
-  /** KvmVcpuHost: a vCPU's run ended (an outcome), or it stopped because we asked (null). */
-  vcpuEnded(vcpu: KvmVcpu, outcome: VmOutcome | null): void {
-    if (vcpu.state === 'ended') this.events.next({ type: 'vcpu-ended', vcpu: vcpu.id });
-    if (outcome) void this.finish(outcome);
   }
 
   private cpuidFor(vcpuId: number): kvm.KvmCpuidEntry2[] {
@@ -236,23 +169,15 @@ export class KvmVm implements PortIoVm, KvmVcpuHost {
   }
 
   /** Every fd and mapping, in dependency order; the vCPU threads have ended. */
-  private releaseResources(): void {
+  protected override releaseResources(): void {
     const errors: unknown[] = [];
     const attempt = (f: () => void) => { try { f(); } catch (e) { errors.push(e); } };
     if (this.legacy) attempt(() => this.legacy!.close());
     for (const fd of this.ownedEventFds) attempt(() => fd.close());
     this.ownedEventFds.clear();
-    for (const v of this.allVcpus) attempt(() => v.close());
+    for (const v of this.vcpus) attempt(() => v.close());
     attempt(() => libc.close(this.fd, 'close KVM VM'));
     if (this.ram) attempt(() => this.ram!.release());
     if (errors.length > 0) throw errors[0];
-  }
-
-  private checkState(expected: VmState, what: string): void {
-    if (this.currentState !== expected) throw new VmError('EBUSY', `KVM VM: ${what} while ${this.currentState}`);
-  }
-
-  private checkOpen(what: string): void {
-    if (this.currentState === 'closed') throw new VmError('EBADF', `KVM VM: ${what} after close`);
   }
 }
