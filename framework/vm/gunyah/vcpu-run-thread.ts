@@ -12,7 +12,7 @@
 
 import type koffiModule from 'koffi';
 import type * as threadsModule from 'node:worker_threads';
-import { createRequire } from 'node:module';
+import { vcpuThreadScript } from '../vcpu-thread-source.ts';
 
 export const RUN_SLOTS = Object.freeze({ CMD: 0, RESULT: 1, ERRNO: 2, TID: 3, COUNT: 4 });
 export const RUN_CMD = Object.freeze({ IDLE: 0, RUN: 1, QUIT: 2 });
@@ -50,17 +50,7 @@ export function runThreadMain(koffi: typeof koffiModule, threads: typeof threads
   Atomics.store(ctl, S.TID, 0);
 }
 
-let source: string | undefined;
-
-/** The eval-worker script: requires koffi by absolute path, then runs `runThreadMain`. */
+/** The eval-worker script running `runThreadMain` (see vcpu-thread-source.ts). */
 export function runThreadSource(): string {
-  if (source !== undefined) return source;
-  const koffiPath = createRequire(import.meta.url).resolve('koffi');
-  source = [
-    "'use strict';",
-    // esbuild-based loaders (tsx) wrap named functions in __name when they keep names.
-    'var __name = (target, value) => Object.defineProperty(target, "name", { value, configurable: true });',
-    `(${runThreadMain.toString()})(require(${JSON.stringify(koffiPath)}), require('node:worker_threads'));`,
-  ].join('\n');
-  return source;
+  return vcpuThreadScript(runThreadMain);
 }

@@ -21,7 +21,7 @@
 
 import type koffiModule from 'koffi';
 import type * as threadsModule from 'node:worker_threads';
-import { createRequire } from 'node:module';
+import { vcpuThreadScript } from '../vcpu-thread-source.ts';
 
 /** The control block: Int32 slots (STATE, TID, STOP), then Float64 statistics written by the thread. */
 export const CONTROL = Object.freeze({
@@ -185,20 +185,7 @@ export function vcpuThreadMain(koffi: typeof koffiModule, threads: typeof thread
   }
 }
 
-let source: string | undefined;
-
-/**
- * The eval-worker script: a CommonJS prelude that requires koffi by absolute path, then
- * `vcpuThreadMain` as compiled by whatever loaded this module. `__name` is defined because
- * esbuild-based loaders (tsx) wrap named functions in it when they keep names.
- */
+/** The eval-worker script running `vcpuThreadMain` (see vcpu-thread-source.ts). */
 export function vcpuThreadSource(): string {
-  if (source !== undefined) return source;
-  const koffiPath = createRequire(import.meta.url).resolve('koffi');
-  source = [
-    "'use strict';",
-    'var __name = (target, value) => Object.defineProperty(target, "name", { value, configurable: true });',
-    `(${vcpuThreadMain.toString()})(require(${JSON.stringify(koffiPath)}), require('node:worker_threads'));`,
-  ].join('\n');
-  return source;
+  return vcpuThreadScript(vcpuThreadMain);
 }
