@@ -10,6 +10,8 @@ import { isElf } from './elf.ts';
 import { decompressXz, XzError } from './xz/xz.ts';
 
 export type PayloadCompression = 'none' | 'gzip' | 'xz' | 'lzma' | 'bzip2' | 'lzo' | 'lz4' | 'zstd' | 'unknown';
+/** What a payload's first bytes tell: a compressor's magic, or 'unknown'. */
+export type PayloadMagic = Exclude<PayloadCompression, 'none'>;
 
 export interface SetupHeader {
   /** Boot protocol version, e.g. 0x020f. */
@@ -26,10 +28,11 @@ export interface SetupHeader {
 const SETUP_HEADER_START = 0x1f1;
 const HDRS = 0x53726448; // "HdrS"
 const BOOT_FLAG = 0xaa55;
-const MIN_VERSION = 0x0208;
+/** The first boot protocol with payload fields (2.08). */
+export const MIN_BOOT_PROTOCOL = 0x0208;
 const DEFAULT_CMDLINE_SIZE = 255;
 
-const MAGICS: ReadonlyArray<[PayloadCompression, readonly number[]]> = [
+const MAGICS: ReadonlyArray<[PayloadMagic, readonly number[]]> = [
   ['gzip', [0x1f, 0x8b]],
   ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
   ['zstd', [0x28, 0xb5, 0x2f, 0xfd]],
@@ -39,29 +42,48 @@ const MAGICS: ReadonlyArray<[PayloadCompression, readonly number[]]> = [
   ['lzma', [0x5d, 0x00, 0x00]],
 ];
 
+/** The boot protocol version of `image`'s "HdrS" setup header, or null when it has none. */
+export function setupHeaderVersion(image: Uint8Array): number | null {
+  if (image.length < 0x250) return null;
+  const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  return v.getUint32(0x202, true) === HDRS ? v.getUint16(0x206, true) : null;
+}
+
 /** Whether `image` starts like a bzImage (boot sector flag and "HdrS"). */
 export function isBzImage(image: Uint8Array): boolean {
-  if (image.length < 0x250) return false;
+  if (setupHeaderVersion(image) === null) return false;
+  return new DataView(image.buffer, image.byteOffset, image.byteLength).getUint16(0x1fe, true) === BOOT_FLAG;
+}
+
+/**
+ * Where the setup header (protocol 2.08+, `image` at least 0x250 bytes) puts the payload: after
+ * the setup sectors, at payload_offset; it may lie outside a truncated file.
+ */
+export function payloadRange(image: Uint8Array): { readonly offset: number; readonly length: number } {
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  return v.getUint16(0x1fe, true) === BOOT_FLAG && v.getUint32(0x202, true) === HDRS;
+  const setupSects = image[0x1f1] || 4;
+  return { offset: (setupSects + 1) * 512 + v.getUint32(0x248, true), length: v.getUint32(0x24c, true) };
+}
+
+/** The compressor whose magic `payload` starts with. */
+export function payloadMagic(payload: Uint8Array): PayloadMagic {
+  return MAGICS.find(([, magic]) => magic.every((b, i) => payload[i] === b))?.[0] ?? 'unknown';
 }
 
 export function parseSetupHeader(image: Uint8Array, what = 'bzImage'): SetupHeader {
   if (!isBzImage(image)) throw new BootError('ENOEXEC', `${what}: not a bzImage (no x86 boot sector with a "HdrS" setup header)`);
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const version = v.getUint16(0x206, true);
-  if (version < MIN_VERSION) {
+  if (version < MIN_BOOT_PROTOCOL) {
     throw new BootError('ENOTSUP', `${what}: boot protocol ${fmtVersion(version)} is older than 2.08 (no payload fields)`);
   }
   const headerEnd = 0x202 + image[0x201]!;
-  const setupSects = image[0x1f1] || 4;
-  const offset = (setupSects + 1) * 512 + v.getUint32(0x248, true);
-  const length = v.getUint32(0x24c, true);
+  const { offset, length } = payloadRange(image);
   if (length === 0 || offset + length > image.length) {
     throw new BootError('ENOEXEC', `${what}: payload at ${offset}+${length} lies outside the ${image.length}-byte file (truncated?)`);
   }
   const payload = image.subarray(offset, offset + length);
-  let compression: PayloadCompression = MAGICS.find(([, magic]) => magic.every((b, i) => payload[i] === b))?.[0] ?? 'unknown';
+  let compression: PayloadCompression = payloadMagic(payload);
   if (compression === 'unknown' && isElf(payload)) compression = 'none';
   return {
     version,
