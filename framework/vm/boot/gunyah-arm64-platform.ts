@@ -8,7 +8,7 @@ import type { GunyahVm } from '../gunyah/gunyah-vm.ts';
 import { ramRegion, virtioMmioSlots } from '../gunyah/arm64-layout.ts';
 import { loadLinux } from '../gunyah/linux-loader.ts';
 import { composeCmdline } from './cmdline.ts';
-import type { DeviceSlot, MachinePlatform, PlatformBoot } from './machine-platform.ts';
+import { createOwnedVm, type DeviceSlot, type MachinePlatform, type PlatformBoot } from './machine-platform.ts';
 
 export interface GunyahPlatformOptions {
   readonly memory: number;
@@ -27,13 +27,7 @@ export interface GunyahArm64Platform extends MachinePlatform {
 export function createGunyahArm64Platform(options: GunyahPlatformOptions): GunyahArm64Platform {
   const region = ramRegion(options.memory);
   const hv = GunyahHypervisor.open({ ...(options.path ? { path: options.path } : {}), ...(options.driver ? { driver: options.driver } : {}) });
-  let vm: GunyahVm;
-  try {
-    vm = hv.createVm({ memory: [region], vcpus: options.cpus });
-  } catch (e) {
-    hv.close();
-    throw e;
-  }
+  const { vm, close } = createOwnedVm(hv, () => hv.createVm({ memory: [region], vcpus: options.cpus }));
   const ramEnd = region.base + region.size;
   const slot = (index: number) => virtioMmioSlots(ramEnd, index + 1, true)[index]!;
   return {
@@ -53,12 +47,6 @@ export function createGunyahArm64Platform(options: GunyahPlatformOptions): Gunya
       });
       return cmdline;
     },
-    async close() {
-      try {
-        await vm.close();
-      } finally {
-        hv.close();
-      }
-    },
+    close,
   };
 }

@@ -9,7 +9,7 @@ import type { KvmVm } from '../kvm/kvm-vm.ts';
 import { createPvmQuirks, pvmQuirks, type PvmQuirks } from '../kvm/pvm-quirks.ts';
 import { VmError } from '../vm-error.ts';
 import { composeCmdline } from './cmdline.ts';
-import type { DeviceSlot, MachinePlatform, PlatformBoot } from './machine-platform.ts';
+import { createOwnedVm, type DeviceSlot, type MachinePlatform, type PlatformBoot } from './machine-platform.ts';
 import { loadX86Linux, parseX86Kernel, type X86LinuxLayout } from './x86-linux.ts';
 import { PAGE_SIZE, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE, x86RamRegions } from './x86-layout.ts';
 
@@ -41,18 +41,12 @@ export function createKvmX86Platform(options: KvmPlatformOptions): KvmX86Platfor
   }
   const quirks = options.pvmQuirks === undefined ? pvmQuirks() : options.pvmQuirks ? createPvmQuirks() : null;
   const hv = KvmHypervisor.open(options.path);
-  let vm: KvmVm;
-  try {
-    vm = hv.createVm({
-      memory: x86RamRegions(options.memory),
-      vcpus: options.cpus,
-      ...(options.serialInput$ ? { serialInput$: options.serialInput$ } : {}),
-      ...(quirks ? { cpuid: quirks.cpuid, interceptExit: quirks.interceptExit } : {}),
-    });
-  } catch (e) {
-    hv.close();
-    throw e;
-  }
+  const { vm, close } = createOwnedVm(hv, () => hv.createVm({
+    memory: x86RamRegions(options.memory),
+    vcpus: options.cpus,
+    ...(options.serialInput$ ? { serialInput$: options.serialInput$ } : {}),
+    ...(quirks ? { cpuid: quirks.cpuid, interceptExit: quirks.interceptExit } : {}),
+  }));
   let layout: X86LinuxLayout | null = null;
   return {
     kind: 'kvm',
@@ -78,12 +72,6 @@ export function createKvmX86Platform(options: KvmPlatformOptions): KvmX86Platfor
       layout = loadX86Linux(vm.memory, vm.vcpus[0]!, { kernel, initrd: boot.initrd, cmdline, cpus: vm.vcpus.length });
       return cmdline;
     },
-    async close() {
-      try {
-        await vm.close();
-      } finally {
-        hv.close();
-      }
-    },
+    close,
   };
 }

@@ -1,10 +1,11 @@
 // What a Machine needs from the hypervisor and architecture underneath it: the VM, where the
 // n-th device's register window and interrupt go, and how a kernel is put into guest memory.
 // One implementation per hypervisor/architecture pair (kvm-x86-platform.ts,
-// gunyah-arm64-platform.ts); nothing above this seam knows which one it runs on.
+// gunyah-arm64-platform.ts); nothing above this seam knows which one it runs on. createOwnedVm
+// ties a platform's VM to the hypervisor handle it opened for it.
 
 import type { Observable } from 'rxjs';
-import type { Vm } from '../hypervisor.ts';
+import type { Hypervisor, Vm } from '../hypervisor.ts';
 
 /** Where a device goes: its register window and its interrupt line. */
 export interface DeviceSlot {
@@ -42,4 +43,28 @@ export interface MachinePlatform {
   load(boot: PlatformBoot): string;
   /** Closes the VM and the hypervisor handle. */
   close(): Promise<void>;
+}
+
+/**
+ * The VM of a platform that opened `hv` for it alone: `create` makes it, and when that fails `hv`
+ * is closed again; `close` closes the VM, then `hv` (also when the VM's close fails).
+ */
+export function createOwnedVm<V extends Vm>(hv: Hypervisor, create: () => V): { readonly vm: V; close(): Promise<void> } {
+  let vm: V;
+  try {
+    vm = create();
+  } catch (e) {
+    hv.close();
+    throw e;
+  }
+  return {
+    vm,
+    async close() {
+      try {
+        await vm.close();
+      } finally {
+        hv.close();
+      }
+    },
+  };
 }
