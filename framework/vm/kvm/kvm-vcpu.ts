@@ -9,6 +9,7 @@
 import * as libc from '../../../native/libc.ts';
 import * as kvm from '../../../native/kvm.ts';
 import { NativeError } from '../../../native/errors.ts';
+import { installKickHandler, kickThread } from '../../../native/signals.ts';
 import koffi from 'koffi';
 import type { GuestMemory } from '../../guest-memory.ts';
 import type { MmioBus } from '../../mmio-bus.ts';
@@ -56,22 +57,6 @@ export interface KvmVcpuHost {
   readonly interceptExit?: ExitInterceptor;
   /** The run ended by itself (outcome), or because it was asked to stop (null). */
   vcpuEnded(vcpu: KvmVcpu, outcome: VmOutcome | null): void;
-}
-
-/** The signal that kicks a vCPU thread out of KVM_RUN; it needs a handler (installKickHandler). */
-const KICK_SIGNAL = 'SIGUSR2';
-let kickHandlerInstalled = false;
-
-/**
- * KVM_RUN returns EINTR only for a signal that has a handler: SIG_DFL would kill the process
- * and SIG_IGN never interrupts. A listener on the main thread installs libuv's process-wide
- * handler (it runs on whichever thread the signal hits and only wakes the main loop). It stays
- * installed: removing it while a kick is in flight would let SIGUSR2 kill the process.
- */
-function installKickHandler(): void {
-  if (kickHandlerInstalled) return;
-  process.on(KICK_SIGNAL, () => {});
-  kickHandlerInstalled = true;
 }
 
 const RUN_L = kvm.kvmRunLayout;
@@ -263,7 +248,7 @@ export class KvmVcpu implements Vcpu {
     const tid = Atomics.load(this.ctl, CONTROL.TID);
     if (tid !== 0) {
       try {
-        libc.tgkill(process.pid, tid, libc.SIGUSR2, `kick vCPU ${this.id}`);
+        kickThread(tid, `kick vCPU ${this.id}`);
       } catch (e) {
         if (!(e instanceof NativeError && e.code === 'ESRCH')) throw e; // ESRCH: it just ended
       }
