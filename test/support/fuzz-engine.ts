@@ -16,7 +16,7 @@ export interface FuzzTarget<C = unknown> {
   readonly summary: string;
   /** Cases in the CI budget. */
   readonly budget: number;
-  /** A case slower than this fails (default 2000 ms). */
+  /** A case slower than this fails (default 5000 ms: generous, a loaded CI machine pauses for GC). */
   readonly caseTimeoutMs?: number;
   /** Once per run, before the first case (sockets, back-ends); `close` undoes it. */
   open?(): C | Promise<C>;
@@ -102,7 +102,7 @@ export function replayCommand(target: string, seed: number): string {
 export async function runTarget<C>(target: FuzzTarget<C>, options: RunOptions): Promise<FuzzReport> {
   const { seed, cases } = options;
   const maxFailures = options.maxFailures ?? 20;
-  const timeoutMs = target.caseTimeoutMs ?? 2000;
+  const timeoutMs = target.caseTimeoutMs ?? 5000;
   const stats = new FuzzStats();
   const failures: FuzzFailure[] = [];
   let current = -1;
