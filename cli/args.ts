@@ -41,6 +41,7 @@ export function parseFlags<S extends FlagSpec>(
     }
     if (kind === 'boolean') {
       if (eq >= 0) throw new UsageError(`${command}: --${name} takes no value`);
+      if (name in flags) throw new UsageError(`${command}: --${name} given twice`);
       flags[name] = true;
       continue;
     }

@@ -3,7 +3,7 @@
 // what they mean for `run`: every --disk in order, then the console, then the rng, each on the
 // next virtio-mmio slot of the arm64 layout (framework/vm/gunyah/arm64-layout.ts).
 
-import { statSync, writeFileSync } from 'node:fs';
+import { renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import {
   ARM64_RAM_BASE, DTB_REGION_SIZE, ramRegion, virtioMmioSlots, type VirtioMmioSlot,
 } from '../framework/vm/gunyah/arm64-layout.ts';
@@ -125,7 +125,16 @@ export async function dtbCommand(argv: string[]): Promise<number> {
     devices: devices.map((d) => d.slot),
   });
   if (blob.length > DTB_REGION_SIZE) throw new UsageError(`${command}: the device tree (${blob.length} bytes) exceeds ${DTB_REGION_SIZE} bytes`);
-  writeFileSync(output, blob);
+  // Written beside the target and renamed into place: a failure leaves nothing half-written.
+  const partial = `${output}.${process.pid}.partial`;
+  try {
+    writeFileSync(partial, blob, { flag: 'wx' });
+    renameSync(partial, output);
+  } catch (err) {
+    rmSync(partial, { force: true });
+    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+    throw new UsageError(`${command}: -o '${output}' cannot be written (${code}; expected a file path in an existing directory)`);
+  }
   const list = devices.map((d) => `${d.name} 0x${d.slot.base.toString(16)} spi ${d.slot.spi}`).join(', ');
   process.stdout.write(`wrote ${output} (${blob.length} bytes): ${memorySize} bytes of RAM at 0x${ram.base.toString(16)}${list ? `; ${list}` : ''}\n`);
   return 0;

@@ -52,6 +52,7 @@ function main(argv: string[]): number | Promise<number> {
     case 'help':
     case '--help':
     case '-h':
+      if (rest.length) throw new UsageError(`${command}: unexpected argument '${rest[0]}' (help takes no arguments)`);
       process.stdout.write(USAGE);
       return 0;
     case 'info':
