@@ -266,7 +266,7 @@ export async function benchVhostUserBlk(options: VhostUserBlkOptions = {}): Prom
     const peer = ok(peerRuns!);
     if (ours.length === 0 || peer.length === 0) throw (ours.length === 0 ? oursRuns! : peerRuns!).find((x) => x instanceof Error)!;
     const failed = rounds * 2 - ours.length - peer.length;
-    const note = `QEMU ${GUEST_RAM} TCG guest, 1 vCPU, ${imageMiB} MiB raw image in the host page cache, ${seconds} s per test, ${rounds} boots per back-end alternated${
+    const note = `QEMU ${GUEST_RAM} TCG guest, 1 vCPU, ${imageMiB} MiB raw image in the host page cache, ${seconds} s per test, ${rounds} boot${rounds === 1 ? '' : 's'} per back-end alternated${
       failed > 0 ? ` (${failed} failed, left out)` : ''}${launcher.note ? `; ${launcher.note}` : ''}`;
     const figures = TESTS.map((t) => figure({
       group: GROUP, name: t.name, unit: t.unit, better: 'higher', target: TARGET, note,
