@@ -49,7 +49,7 @@ export async function benchVmFigures(options: { rounds?: number; log?: (line: st
     }
     figures.push(figure({
       group: GROUP, name, unit, better: 'lower', ours: o, ...(peer ? { peer: { label: 'C VMM', samples: p } } : {}), ...(target ? { target } : {}),
-      note: `${rounds} round${rounds === 1 ? "" : "s"} of bench/vm.ts`,
+      note: `${rounds} round${rounds === 1 ? '' : 's'} of bench/vm.ts`,
     }));
   }
   for (const name of runs[0]!.keys()) {
