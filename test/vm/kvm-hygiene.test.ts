@@ -55,9 +55,14 @@ kvmTest('20 VMs created, run and closed: fds, mappings and threads return to the
   for (let i = 0; i < 20; i++) await oneVm();
   const after = await settle();
   assert.equal([after.fds, after.threads], [before.fds, before.threads], 'fds and threads');
-  // V8 may map or unmap heap or code pages of its own at any time (up to 4 lines each); a leak
-  // of even one mapping per VM would show as +20.
-  assert.ok(Math.abs(after.maps - before.maps) <= 8, `mappings: ${before.maps} before, ${after.maps} after 20 VMs`);
+  // V8 may map or unmap heap or code pages of its own at any time (more of them on a loaded
+  // machine, where GC timing shifts); a leak scales with the VMs: one mapping per VM shows as
+  // +20 in every further batch, while V8's own pages stop growing.
+  if (Math.abs(after.maps - before.maps) <= 8) return;
+  for (let i = 0; i < 20; i++) await oneVm();
+  const again = await settle();
+  assert.ok(Math.abs(again.maps - after.maps) <= 8,
+    `mappings: ${before.maps} before, ${after.maps} after 20 VMs, ${again.maps} after 20 more`);
 });
 
 function runChild(...args: string[]): Promise<{ code: number | null; report: Record<string, number> }> {
