@@ -53,32 +53,20 @@ interface RunSample {
   memory: MemoryUse | null;
 }
 
-/** How to start rxvirt's back-end: the CLI, or (until cli/main.ts dispatches it) the command module itself. */
+/** How to start rxvirt's back-end: the CLI, compiled (`npm run build`, as deployed) when dist/ exists. */
 interface Launcher {
   args: (socket: string, image: string) => string[];
   note?: string;
 }
 
-const MODULE_RUNNER = `
-import { UsageError } from './cli/args.ts';
-import { vhostUserCommand } from './cli/vhost-user-command.ts';
-try {
-  process.exitCode = await vhostUserCommand(process.argv.slice(1));
-} catch (err) {
-  if (!(err instanceof UsageError)) throw err;
-  console.error('rxvirt: ' + err.message);
-  process.exitCode = 2;
-}`;
-
 async function rxvirtLauncher(): Promise<Launcher | string> {
-  const help = await run(process.execPath, ['--import', 'tsx', 'cli/main.ts', 'vhost-user', '--help'], { cwd: REPO_ROOT, timeoutMs: 30_000 });
-  if (help.code === 0 && help.stdout.includes('rxvirt vhost-user')) {
-    return { args: (socket, image) => ['--import', 'tsx', 'cli/main.ts', 'vhost-user', 'blk', '--socket', socket, '--image', image] };
-  }
-  if (!existsSync(join(REPO_ROOT, 'cli', 'vhost-user-command.ts'))) return 'rxvirt has no vhost-user back-end (cli/vhost-user-command.ts)';
+  const compiled = join(REPO_ROOT, 'dist', 'cli', 'main.js');
+  const cli = existsSync(compiled) ? [compiled] : ['--import', 'tsx', 'cli/main.ts'];
+  const help = await run(process.execPath, [...cli, 'vhost-user', '--help'], { cwd: REPO_ROOT, timeoutMs: 30_000 });
+  if (help.code !== 0 || !help.stdout.includes('rxvirt vhost-user')) return 'rxvirt vhost-user --help failed';
   return {
-    args: (socket, image) => ['--import', 'tsx', '--input-type=module', '-e', MODULE_RUNNER, 'blk', '--socket', socket, '--image', image],
-    note: 'rxvirt back-end started through cli/vhost-user-command.ts: cli/main.ts does not dispatch `vhost-user` yet',
+    args: (socket, image) => [...cli, 'vhost-user', 'blk', '--socket', socket, '--image', image],
+    note: existsSync(compiled) ? 'rxvirt back-end: compiled CLI (dist/)' : 'rxvirt back-end: CLI from source (tsx)',
   };
 }
 
@@ -277,7 +265,7 @@ export async function benchVhostUserBlk(options: VhostUserBlkOptions = {}): Prom
       if (mib(ours, pick).length === 0 || mib(peer, pick).length === 0) continue;
       figures.push(figure({
         group: GROUP, name, unit: 'MiB', better: 'lower', ours: mib(ours, pick), peer: { label: 'qemu-storage-daemon', samples: mib(peer, pick) },
-        note: `sampled during the QD32 test; rxvirt from source (node --import tsx)`,
+        note: `sampled during the QD32 test; rxvirt ${existsSync(join(REPO_ROOT, 'dist', 'cli', 'main.js')) ? 'compiled (dist/)' : 'from source (node --import tsx)'}`,
       }));
     }
     return figures;
