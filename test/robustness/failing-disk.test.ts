@@ -194,6 +194,10 @@ fuseTest('many requests in flight over randomly failing sectors: each status mat
       : submit(T_OUT, sector, new Uint8Array(sectors * SECTOR).fill(i));
     expect.set(head, hit ? IOERR : OK);
   }
+  for (const [a] of bad.slice(0, 2)) { // whatever the seed, some requests land on bad sectors
+    const head = rng.chance(0.5) ? submit(T_IN, a / SECTOR, undefined, SECTOR) : submit(T_OUT, a / SECTOR, new Uint8Array(SECTOR));
+    expect.set(head, IOERR);
+  }
   const done = await h.waitUsed(0, expect.size, 20_000);
   let failures = 0;
   for (const u of done) {
