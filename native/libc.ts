@@ -1,5 +1,5 @@
 // Typed koffi bindings for the libc calls the VM runtime, transports and devices need:
-// fds, ioctl, mmap, eventfd, memfd, threads and signals. Every failure throws NativeError;
+// fds, vectored positional I/O, ioctl, mmap, eventfd, memfd, threads and signals. Every failure throws NativeError;
 // `context` (always the optional last argument) names what the caller was doing.
 // Functions are declared once at module load. Pointers are BigInt host addresses.
 import koffi from 'koffi';
@@ -15,6 +15,8 @@ const c = {
   close: lib.func('int close(int)'),
   read: lib.func('intptr_t read(int, void *, size_t)'),
   write: lib.func('intptr_t write(int, void *, size_t)'),
+  preadv2: lib.func('intptr_t preadv2(int, void *, int, int64_t, int)'),
+  pwritev2: lib.func('intptr_t pwritev2(int, void *, int, int64_t, int)'),
   ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
   ioctlPtr: lib.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
   fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
@@ -26,6 +28,7 @@ const c = {
   memfdCreate: lib.func('int memfd_create(const char *, unsigned int)'),
   ftruncate: lib.func('int ftruncate(int, int64_t)'),
   fallocate: lib.func('int fallocate(int, int, int64_t, int64_t)'),
+  posixFadvise: lib.func('int posix_fadvise(int, int64_t, int64_t, int)'),
   gettid: lib.func('int gettid(void)'),
   tgkill: lib.func('int tgkill(int, int, int)'),
 };
@@ -81,6 +84,19 @@ export const MFD_HUGETLB = 4;
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** preadv2/pwritev2 flags. RWF_NOWAIT: fail with EAGAIN instead of blocking (page-cache miss, lock, allocation). */
+export const RWF_HIPRI = 0x01;
+export const RWF_DSYNC = 0x02;
+export const RWF_SYNC = 0x04;
+export const RWF_NOWAIT = 0x08;
+
+/** Linux IOV_MAX (UIO_MAXIOV): the most buffers one readv/writev-family call takes. */
+export const IOV_MAX = 1024;
+
+export const POSIX_FADV_WILLNEED = 3;
+/** Drops the range's clean page-cache pages (dirty ones stay until written back). */
+export const POSIX_FADV_DONTNEED = 4;
 
 export const F_GETFD = 1;
 export const F_SETFD = 2;
@@ -145,6 +161,79 @@ export function readNonBlocking(fd: number, buf: Uint8Array, context?: string): 
 export function write(fd: number, buf: Uint8Array, context?: string): number {
   const n: number = c.write(fd, buf, buf.byteLength);
   if (n < 0) throwErrno('write', context);
+  return n;
+}
+
+// ---- vectored positional I/O ----
+
+/**
+ * A reusable `struct iovec[capacity]` (64-bit: base pointer, size_t length) that points at JS
+ * memory: views over ArrayBuffers, SharedArrayBuffers or koffi views of mapped memory. Filling
+ * it allocates nothing once each backing buffer's address is known (one BigInt per buffer, ever).
+ * addressOf's limits apply: every view set here must stay reachable and undetached until the
+ * call that uses the array has returned. Set entries [0, count) before each call.
+ */
+export class IovecArray {
+  /** Two little-endian uint64 per entry, as 32-bit halves: no BigInt on the fill path. */
+  private readonly words: Uint32Array;
+
+  constructor(readonly capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > IOV_MAX) {
+      throw new RangeError(`IovecArray: capacity ${capacity} is outside 1..${IOV_MAX}`);
+    }
+    if (process.arch !== 'x64' && process.arch !== 'arm64') throw new Error(`IovecArray: no iovec layout for ${process.arch}`);
+    this.words = new Uint32Array(capacity * 4);
+  }
+
+  /** Entry `i` covers every byte of `view`. Returns its byteLength. */
+  set(i: number, view: ArrayBufferView): number {
+    if (i >= this.capacity) throw new RangeError(`IovecArray: entry ${i} of ${this.capacity}`);
+    const addr = bufferAddress(view.buffer) + view.byteOffset; // < 2^47: exact as a number
+    const len = view.byteLength;
+    const w = this.words, k = i * 4;
+    w[k] = addr % 0x1_0000_0000;
+    w[k + 1] = Math.floor(addr / 0x1_0000_0000);
+    w[k + 2] = len % 0x1_0000_0000;
+    w[k + 3] = Math.floor(len / 0x1_0000_0000);
+    return len;
+  }
+
+  /** The array itself, passed in place to native code. */
+  get raw(): Uint32Array {
+    return this.words;
+  }
+}
+
+const bufferAddresses = new WeakMap<ArrayBufferLike, number>();
+
+/** Host address of a backing buffer as a number, asked of koffi once per buffer (backing stores never move). */
+function bufferAddress(buffer: ArrayBufferLike): number {
+  let addr = bufferAddresses.get(buffer);
+  if (addr === undefined) {
+    addr = Number(addressOf(buffer));
+    bufferAddresses.set(buffer, addr);
+  }
+  return addr;
+}
+
+/**
+ * preadv2(2): fills entries [0, count) of `iov` from file `offset`; returns the bytes read (short
+ * at end of file, or when RWF_NOWAIT could serve only part). null means EAGAIN: with RWF_NOWAIT
+ * the data is not in the page cache. Any other failure throws NativeError; a file system or kernel
+ * without RWF_NOWAIT support reports EOPNOTSUPP (older kernels: EINVAL).
+ */
+export function preadv2(fd: number, iov: IovecArray, count: number, offset: number, flags: number, context?: string): number | null {
+  if (count > iov.capacity) throw new RangeError(`preadv2: ${count} entries of ${iov.capacity}`);
+  const n: number = c.preadv2(fd, iov.raw, count, offset, flags);
+  if (n < 0) return failUnless(EAGAIN, 'preadv2', context);
+  return n;
+}
+
+/** pwritev2(2): stores entries [0, count) of `iov` at file `offset`; like preadv2 (null = EAGAIN, short counts possible). */
+export function pwritev2(fd: number, iov: IovecArray, count: number, offset: number, flags: number, context?: string): number | null {
+  if (count > iov.capacity) throw new RangeError(`pwritev2: ${count} entries of ${iov.capacity}`);
+  const n: number = c.pwritev2(fd, iov.raw, count, offset, flags);
+  if (n < 0) return failUnless(EAGAIN, 'pwritev2', context);
   return n;
 }
 
@@ -298,6 +387,12 @@ export function ftruncate(fd: number, size: number, context?: string): void {
 
 export function fallocate(fd: number, mode: number, offset: number, length: number, context?: string): void {
   if (c.fallocate(fd, mode, offset, length) < 0) throwErrno('fallocate', context);
+}
+
+/** posix_fadvise(2). It returns the error number instead of setting errno. length 0 = to end of file. */
+export function fadvise(fd: number, offset: number, length: number, advice: number, context?: string): void {
+  const err: number = c.posixFadvise(fd, offset, length, advice);
+  if (err !== 0) throw new NativeError(err, 'posix_fadvise', context);
 }
 
 // ---- threads and signals ----
