@@ -98,7 +98,7 @@ test('a page-cache-hot 4 KiB read completes inline, on the calling thread, and i
 
 test('multi-segment reads are byte-exact over shared, mapped and plain memory, also beyond IOV_MAX segments', async () => {
   const { path, bytes } = makeImage();
-  const file = RawFile.open(path);
+  const file = RawFile.open(path, { inlineMaxBytes: Infinity });
   const sizes = [1, 511, 4096, 3000, 7, 512, 65536, 2];
   const views = scatteredViews(sizes);
   await file.read(views, 1234);
@@ -194,7 +194,7 @@ test('a page-cache miss (real EAGAIN) and a partly cached range (real short read
   const io = countingIo();
   const results: (number | null)[] = [];
   io.read = (...a) => { const n = preadv2(...a); results.push(n); return n; };
-  const file = RawFile.open(path, { readOnly: true, io });
+  const file = RawFile.open(path, { readOnly: true, io, inlineMaxBytes: Infinity });
   try {
     fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     const cold = scatteredViews([4096, 4096]);
@@ -224,7 +224,7 @@ test('a short first batch of a request over IOV_MAX segments: nothing after it i
   const views = scatteredViews(Array.from({ length: IOV_MAX + 10 }, () => 64));
   const io = countingIo();
   io.read = (...a) => { const n = preadv2(...a); return n === null ? null : n - 100; };
-  const file = RawFile.open(path, { io });
+  const file = RawFile.open(path, { io, inlineMaxBytes: Infinity });
   await file.read(views, 512);
   assertBytes(concat(views), bytes.subarray(512, 512 + 64 * (IOV_MAX + 10)));
   assert.is(io.reads, 1);
@@ -256,6 +256,18 @@ test('a short inline transfer: the rest, inside a segment, is finished on the po
   bytes.fill(0x5c, 10000, 16100);
   assertBytes(new Uint8Array(readFileSync(path)), bytes);
   assert.equal(file.stats, { inline: 0, pooled: 2 });
+  file.close();
+});
+
+test('requests over inlineMaxBytes (default 64 KiB) go to the pool, whose threads copy without stalling the loop', async () => {
+  const { path, bytes } = makeImage();
+  const file = RawFile.open(path, { readOnly: true });
+  const big = scatteredViews([65536, 512]);
+  await file.read(big, 0);
+  assertBytes(concat(big), bytes.subarray(0, 65536 + 512));
+  const small = scatteredViews([65536]);
+  await file.read(small, 0);
+  assert.equal(file.stats, { inline: 1, pooled: 1 });
   file.close();
 });
 
